@@ -1,0 +1,58 @@
+# cnf — the vocabulary users learn first. `make help` lists every target.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CNF := $(VENV)/bin/cnf
+# CPU wheel already on disk here; GPU users: install your torch into .venv, then `make install TORCH_PIN=`
+TORCH_PIN ?= torch==2.13.0
+ARGS ?=
+# one thread: on 2 cores, oversubscribed OpenMP made a small ODE model ~25x slower
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+export PYTHONUNBUFFERED := 1
+
+EXPERIMENTS := $(sort $(basename $(notdir $(wildcard configs/experiment/*.yaml))))
+BENCHES := $(sort $(basename $(notdir $(wildcard experiments/bench/bench_*.py))))
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-fast lint demo clean $(EXPERIMENTS) $(BENCHES)
+
+help: ## list the targets
+	@echo "cnf make targets:"
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-18s %s\n", $$1, $$2}'
+	@echo "experiments (make NAME [ARGS='--trainer.max_steps 500']): one per configs/experiment/*.yaml"
+	@for e in $(EXPERIMENTS); do printf "  %-18s %s\n" "$$e" "$$(head -1 configs/experiment/$$e.yaml | sed 's/^# *//')"; done
+	@echo "benchmarks (tables, one thread): one per experiments/bench/bench_*.py"
+	@for b in $(BENCHES); do printf "  %-18s %s\n" "$$b" "$$(sed -n 's/^\"\"\"\(.*\)/\1/p' experiments/bench/$$b.py | head -1)"; done
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	cp constraints.txt $(VENV)/constraints.txt
+	@if [ -n "$(TORCH_PIN)" ]; then echo "$(TORCH_PIN)" >> $(VENV)/constraints.txt; $(PY) -m pip install -q "$(TORCH_PIN)"; fi
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install cnf (CPU torch pinned)
+
+test: $(VENV)/.installed ## run the whole test suite (slow tests included)
+	WANDB_MODE=disabled $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed ## run the suite without slow tests
+	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed ## ruff over the package, tests and experiments
+	$(VENV)/bin/ruff check cnf tests experiments
+
+demo: $(VENV)/.installed ## train RealNVP on 8gaussians (~1 min CPU) and show where outputs went
+	$(CNF) fit --config configs/experiment/toy_realnvp.yaml $(ARGS)
+
+$(EXPERIMENTS): %: $(VENV)/.installed
+	$(CNF) fit --config configs/experiment/$@.yaml $(ARGS)
+
+$(BENCHES): %: $(VENV)/.installed
+	$(PY) experiments/bench/$@.py $(ARGS)
+
+clean: ## remove runs/, reports/, wandb/ and caches (keeps .venv)
+	rm -rf runs reports wandb lightning_logs .pytest_cache

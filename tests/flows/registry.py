@@ -1,0 +1,69 @@
+"""The registry of flows the contract harness checks.
+
+Every flow in cnf joins by one line in ``CASES``: a name, and a ``Case`` whose ``build``
+takes an event shape and returns a flow in a "trained-like" state (parameters perturbed
+away from an identity initialization, so a wrong log-det cannot hide behind zeros).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from cnf.flows.base import Chain, Flow, Inverse
+from cnf.flows.coupling import AffineCoupling, RealNVP, alternating_masks
+
+VECTOR_SHAPES = ((2,), (3,), (5,))
+
+
+def perturb(flow: Flow, scale: float = 0.3, seed: int = 0) -> Flow:
+    """Move every parameter by Gaussian noise so the flow is far from the identity."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return flow
+
+
+def standard_inputs(n: int, shape: tuple[int, ...]) -> Tensor:
+    return torch.randn(n, *shape, dtype=torch.float64)
+
+
+@dataclass
+class Case:
+    build: Callable[[tuple[int, ...]], Flow]
+    shapes: tuple[tuple[int, ...], ...] = VECTOR_SHAPES
+    # inputs on which the flow is defined (data side); latents come from forward(inputs)
+    inputs: Callable[[int, tuple[int, ...]], Tensor] = standard_inputs
+    inverse_atol: float = 1e-8
+    logdet_atol: float = 1e-7
+    # flows whose inverse is only computed to a tolerance may loosen inverse_atol
+    extra: dict = field(default_factory=dict)
+
+
+def _coupling(shape):
+    return perturb(AffineCoupling(shape[0], alternating_masks(shape[0], 1)[0], hidden=16))
+
+
+def _realnvp(shape):
+    return perturb(RealNVP(shape[0], num_layers=4, hidden=16))
+
+
+def _chain(shape):
+    masks = alternating_masks(shape[0], 2)
+    return perturb(Chain([AffineCoupling(shape[0], m, hidden=8) for m in masks]))
+
+
+def _inverse(shape):
+    return Inverse(_realnvp(shape))
+
+
+CASES: dict[str, Case] = {
+    "affine_coupling": Case(_coupling),
+    "realnvp": Case(_realnvp),
+    "chain": Case(_chain),
+    "inverse": Case(_inverse),
+}
