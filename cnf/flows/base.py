@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Flow", "Chain", "Inverse", "Identity", "exact_logdet", "sum_except_batch"]
+__all__ = [
+    "Flow", "Chain", "Inverse", "Identity", "exact_logdet", "gather", "sum_except_batch",
+]
 
 
 def sum_except_batch(x: Tensor) -> Tensor:
@@ -45,6 +48,17 @@ class Flow(nn.Module):
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def extra_losses(self) -> dict[str, Tensor]:
+        """Loss terms produced by the last ``forward`` call, already weighted (e.g. RNODE's
+        kinetic-energy and Jacobian-norm regularizers). The training module adds their sum to
+        the NLL and logs each by name. Default: none."""
+        return {}
+
+    def stats(self) -> dict[str, float]:
+        """Counters of this module alone from its last call (e.g. ``nfe_forward``). The
+        training module sums them over all sub-modules with :func:`gather` and logs them."""
+        return {}
 
     @property
     def logdet_is_estimate(self) -> bool:
@@ -137,6 +151,19 @@ def exact_logdet(module: nn.Module, exact: bool = True) -> Iterator[nn.Module]:
     finally:
         for m, old in saved:
             m.exact = old
+
+
+def gather(module: nn.Module, method: str = "stats") -> dict[str, Any]:
+    """Sum ``method()`` (``"stats"`` or ``"extra_losses"``) over every sub-module that has it,
+    key by key: a stack of CNF blocks reports the total NFE of the stack."""
+    total: dict[str, Any] = {}
+    for m in module.modules():
+        fn = getattr(m, method, None)
+        if fn is None or not isinstance(m, Flow):
+            continue
+        for key, value in fn().items():
+            total[key] = total[key] + value if key in total else value
+    return total
 
 
 def as_tensor_shape(shape: int | Sequence[int]) -> torch.Size:
