@@ -15,6 +15,8 @@ from torch import Tensor
 
 from cnf.flows.base import Chain, Flow, Inverse
 from cnf.flows.coupling import AffineCoupling, RealNVP, alternating_masks
+from cnf.flows.multiscale import multiscale
+from cnf.flows.normalization import ActNorm
 
 VECTOR_SHAPES = ((2,), (3,), (5,))
 
@@ -57,6 +59,36 @@ def _chain(shape):
     return perturb(Chain([AffineCoupling(shape[0], m, hidden=8) for m in masks]))
 
 
+def _actnorm(shape):
+    return ActNorm(shape[0])
+
+
+def _shifted_inputs(n, shape):
+    """Data far from standardized, so ActNorm's data-dependent init is not the identity."""
+    return 3.0 * torch.randn(n, *shape, dtype=torch.float64) + 1.5
+
+
+class _PixelAffine(Flow):
+    """A test-only elementwise affine map with learnable per-entry scale, for image shapes."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.log_scale = torch.nn.Parameter(0.3 * torch.randn(*shape))
+        self.shift = torch.nn.Parameter(0.3 * torch.randn(*shape))
+
+    def forward(self, x, context=None):
+        return x * self.log_scale.exp() + self.shift, self.log_scale.sum().expand(x.shape[0])
+
+    def inverse(self, z, context=None):
+        return (z - self.shift) * (-self.log_scale).exp(), -self.log_scale.sum().expand(z.shape[0])
+
+
+def _multiscale(shape):
+    c, h, w = shape
+    return multiscale([_PixelAffine((c, h, w)), _PixelAffine((2 * c, h // 2, w // 2)),
+                       _PixelAffine((4 * c, h // 4, w // 4))])
+
+
 def _inverse(shape):
     return Inverse(_realnvp(shape))
 
@@ -66,4 +98,6 @@ CASES: dict[str, Case] = {
     "realnvp": Case(_realnvp),
     "chain": Case(_chain),
     "inverse": Case(_inverse),
+    "actnorm": Case(_actnorm, shapes=((2,), (3,), (2, 3, 3)), inputs=_shifted_inputs),
+    "multiscale": Case(_multiscale, shapes=((1, 4, 4), (2, 4, 4))),
 }
