@@ -40,7 +40,11 @@ from torch import Tensor, nn
 
 from cnf.errors import ConfigError, ShapeError
 from cnf.flows.amortized import (
-    AmortizedChain, AmortizedPlanar, AmortizedRadial, AmortizedSylvester, ConditionalIAF,
+    AmortizedChain,
+    AmortizedPlanar,
+    AmortizedRadial,
+    AmortizedSylvester,
+    ConditionalIAF,
 )
 from cnf.flows.base import Chain, Flow
 from cnf.flows.nets import activation

@@ -11,7 +11,11 @@ import torch
 
 from cnf.errors import ConfigError, ShapeError
 from cnf.flows.amortized import (
-    AmortizedChain, AmortizedPlanar, AmortizedRadial, AmortizedSylvester, ConditionalIAF,
+    AmortizedChain,
+    AmortizedPlanar,
+    AmortizedRadial,
+    AmortizedSylvester,
+    ConditionalIAF,
 )
 
 D = 4
@@ -74,7 +78,8 @@ def make(name, n, seed=0):
 def brute(fn, x, ctx):
     out = []
     for i in range(x.shape[0]):
-        jac = torch.autograd.functional.jacobian(lambda v: fn(v[None], ctx[i:i + 1])[0][0], x[i])
+        jac = torch.autograd.functional.jacobian(
+            lambda v, i=i: fn(v[None], ctx[i:i + 1])[0][0], x[i])
         out.append(torch.linalg.slogdet(jac)[1])
     return torch.stack(out)
 
