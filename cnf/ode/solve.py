@@ -145,7 +145,7 @@ class _Dynamics(nn.Module):
 
     # -- failure checks --------------------------------------------------------------
     def _where(self, s: Tensor | float | None = None) -> str:
-        s = self.last_s if s is None else s
+        s = self.last_s if s is None else float(s.detach() if isinstance(s, Tensor) else s)
         c = self.counter
         phase = "adjoint (backward) solve" if c.in_backward else "solve"
         step = c.steps_backward if c.in_backward else c.steps
@@ -201,7 +201,8 @@ class _Dynamics(nn.Module):
         z = state[0]
         need_graph = torch.is_grad_enabled()
         with torch.enable_grad():
-            if not z.requires_grad:
+            if not (need_graph and z.requires_grad):
+                # (a view made under no_grad can claim requires_grad without a graph)
                 z = z.detach().requires_grad_(True)
             T = self.end_time()
             t = s.to(z.dtype) * T
