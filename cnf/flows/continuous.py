@@ -65,6 +65,10 @@ class CNF(Flow):
         T: integration time; ``train_T`` learns it (as ``sqrt_T²``).
         divergence: ``exact`` or ``hutchinson``; ``probe`` (``gaussian`` | ``rademacher``)
             and ``n_probes`` configure Hutchinson.
+        divergence_impl: how the trace is computed: ``autograd`` (one backward pass per
+            dimension or probe, as FFJORD), ``jvp`` (forward-mode Jacobian-vector products
+            written out per layer of :class:`cnf.ode.ODENet`; same numbers, fewer
+            operations) or ``auto`` (``jvp`` when the net supports it).
         solver, rtol, atol, step_size: the training solve (any torchdiffeq solver;
             fixed-step solvers such as ``rk4`` need ``step_size``).
         eval_solver, eval_rtol, eval_atol, eval_step_size: the solve in eval mode; by
@@ -96,6 +100,7 @@ class CNF(Flow):
         divergence: Literal["exact", "hutchinson"] = "exact",
         probe: Literal["gaussian", "rademacher"] = "gaussian",
         n_probes: int = 1,
+        divergence_impl: Literal["auto", "autograd", "jvp"] = "auto",
         solver: str = "dopri5",
         rtol: float = 1e-5,
         atol: float = 1e-5,
@@ -128,6 +133,10 @@ class CNF(Flow):
         self.exact = divergence == "exact"
         self.probe = probe
         self.n_probes = n_probes
+        self.divergence_impl = divergence_impl
+        if divergence_impl == "jvp" and not getattr(self.net, "supports_jvp", False):
+            raise ConfigError("divergence_impl='jvp' needs an ODENet with tanh, softplus, swish, "
+                              "elu or relu; use 'autograd' or 'auto'")
         self.kinetic_weight = float(kinetic_weight)
         self.jacobian_weight = float(jacobian_weight)
         self.train_config = SolverConfig(
@@ -174,7 +183,7 @@ class CNF(Flow):
         z, logdet, regs = odeint_cnf(
             self.net, x, self.end_time, config, reverse=reverse, exact=self.exact,
             probe=self.probe, n_probes=self.n_probes, kinetic=kinetic, frobenius=frobenius,
-            counter=self._counter,
+            counter=self._counter, divergence_impl=self.divergence_impl,
         )
         losses: dict[str, Tensor] = {}
         if kinetic:
@@ -240,6 +249,7 @@ class FFJORD(Chain):
         divergence: Literal["exact", "hutchinson"] = "exact",
         probe: Literal["gaussian", "rademacher"] = "gaussian",
         n_probes: int = 1,
+        divergence_impl: Literal["auto", "autograd", "jvp"] = "auto",
         solver: str = "dopri5",
         rtol: float = 1e-5,
         atol: float = 1e-5,
@@ -259,7 +269,8 @@ class FFJORD(Chain):
             raise ConfigError(f"num_blocks must be >= 1, got {num_blocks}")
         block_args = dict(
             hidden=hidden, layer_type=layer_type, act=act, T=T, train_T=train_T,
-            divergence=divergence, probe=probe, n_probes=n_probes, solver=solver, rtol=rtol,
+            divergence=divergence, probe=probe, n_probes=n_probes,
+            divergence_impl=divergence_impl, solver=solver, rtol=rtol,
             atol=atol, step_size=step_size, eval_solver=eval_solver, eval_rtol=eval_rtol,
             eval_atol=eval_atol, eval_step_size=eval_step_size, adjoint=adjoint,
             adjoint_seminorm=adjoint_seminorm, kinetic_weight=kinetic_weight,

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from cnf.errors import ConfigError
 
-__all__ = ["divergence_exact", "divergence_hutchinson", "sample_probes"]
+__all__ = ["divergence_exact", "divergence_hutchinson", "divergence_from_jvp", "sample_probes"]
 
 
 def divergence_exact(
@@ -53,6 +53,23 @@ def divergence_hutchinson(
     div = div / k
     if frob is not None:
         frob = frob / k
+    return div, frob
+
+
+def divergence_from_jvp(
+    jv: Tensor, probes: Tensor | None, frobenius: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """Trace (and ``‖J‖²_F``) from forward-mode products ``jv = J vₖ`` (``[K, B, D]``).
+
+    ``probes=None`` means ``vₖ`` were the D basis vectors (``jv[j, b, i] = ∂f_i/∂z_j``):
+    the exact trace and Frobenius norm. Otherwise Hutchinson: ``mean_k εₖᵀ J εₖ`` and
+    ``mean_k ‖J εₖ‖²`` (both unbiased since ``E[εεᵀ] = I``)."""
+    if probes is None:
+        div = jv.diagonal(dim1=0, dim2=2).sum(-1)
+        frob = jv.pow(2).sum((0, 2)) if frobenius else None
+        return div, frob
+    div = (jv * probes).sum(-1).mean(0)
+    frob = jv.pow(2).sum(-1).mean(0) if frobenius else None
     return div, frob
 
 

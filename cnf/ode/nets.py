@@ -27,6 +27,27 @@ from cnf.flows.nets import activation
 __all__ = ["ODENet", "LAYER_TYPES"]
 
 
+def _act_jvp(act: nn.Module, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """``(a(u), a'(u) · v)`` for the activations ODENet supports, or ``None``."""
+    if isinstance(act, nn.Tanh):
+        y = torch.tanh(u)
+        return y, v * (1 - y * y)
+    if isinstance(act, nn.Softplus) and act.beta == 1 and act.threshold == 20:
+        return nn.functional.softplus(u), v * torch.sigmoid(u)
+    if isinstance(act, nn.SiLU):
+        s = torch.sigmoid(u)
+        return u * s, v * (s * (1 + u * (1 - s)))
+    if isinstance(act, nn.ELU) and act.alpha == 1.0:
+        y = nn.functional.elu(u)
+        return y, v * torch.where(u > 0, torch.ones_like(u), y + 1)
+    if isinstance(act, nn.ReLU):
+        return torch.relu(u), v * (u > 0).to(u.dtype)
+    raise NotImplementedError(type(act).__name__)
+
+
+_JVP_ACTS = (nn.Tanh, nn.Softplus, nn.SiLU, nn.ELU, nn.ReLU)
+
+
 class _Ignore(nn.Module):
     def __init__(self, dim_in: int, dim_out: int):
         super().__init__()
@@ -34,6 +55,9 @@ class _Ignore(nn.Module):
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         return self.linear(x)
+
+    def jvp(self, t: Tensor, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        return self.linear(x), v @ self.linear.weight.T
 
 
 class _Concat(nn.Module):
@@ -46,6 +70,10 @@ class _Concat(nn.Module):
         w = self.linear.weight
         return nn.functional.linear(x, w[:, 1:], self.linear.bias + w[:, 0] * t)
 
+    def jvp(self, t: Tensor, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        w = self.linear.weight
+        return self.forward(t, x), v @ w[:, 1:].T
+
 
 class _Squash(nn.Module):
     def __init__(self, dim_in: int, dim_out: int):
@@ -56,6 +84,10 @@ class _Squash(nn.Module):
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         gate = torch.sigmoid(self.hyper_gate.weight[:, 0] * t + self.hyper_gate.bias)
         return self.linear(x) * gate
+
+    def jvp(self, t: Tensor, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        gate = torch.sigmoid(self.hyper_gate.weight[:, 0] * t + self.hyper_gate.bias)
+        return self.linear(x) * gate, (v @ self.linear.weight.T) * gate
 
 
 class _ConcatSquash(nn.Module):
@@ -69,6 +101,11 @@ class _ConcatSquash(nn.Module):
         gate = torch.sigmoid(self.hyper_gate.weight[:, 0] * t + self.hyper_gate.bias)
         return self.linear(x) * gate + self.hyper_bias.weight[:, 0] * t
 
+    def jvp(self, t: Tensor, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        gate = torch.sigmoid(self.hyper_gate.weight[:, 0] * t + self.hyper_gate.bias)
+        y = self.linear(x) * gate + self.hyper_bias.weight[:, 0] * t
+        return y, (v @ self.linear.weight.T) * gate
+
 
 class _Blend(nn.Module):
     def __init__(self, dim_in: int, dim_out: int):
@@ -80,6 +117,11 @@ class _Blend(nn.Module):
         y0 = self.layer0(x)
         return y0 + (self.layer1(x) - y0) * t
 
+    def jvp(self, t: Tensor, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        w0 = self.layer0.weight
+        w = w0 + (self.layer1.weight - w0) * t
+        return self.forward(t, x), v @ w.T
+
 
 class _Hyper(nn.Module):
     def __init__(self, dim_in: int, dim_out: int, hypernet_dim: int = 8):
@@ -89,11 +131,18 @@ class _Hyper(nn.Module):
             nn.Linear(1, hypernet_dim), nn.Tanh(), nn.Linear(hypernet_dim, dim_in * dim_out + dim_out)
         )
 
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+    def _params(self, t: Tensor) -> tuple[Tensor, Tensor]:
         params = self.hypernet(t.reshape(1, 1)).reshape(-1)
         w = params[: self.dim_in * self.dim_out].reshape(self.dim_out, self.dim_in)
-        b = params[self.dim_in * self.dim_out:]
+        return w, params[self.dim_in * self.dim_out:]
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        w, b = self._params(t)
         return nn.functional.linear(x, w, b)
+
+    def jvp(self, t: Tensor, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        w, b = self._params(t)
+        return nn.functional.linear(x, w, b), v @ w.T
 
 
 LAYER_TYPES: dict[str, type[nn.Module]] = {
@@ -149,3 +198,22 @@ class ODENet(nn.Module):
             if i < len(self.acts):
                 h = self.acts[i](h)
         return h
+
+    @property
+    def supports_jvp(self) -> bool:
+        """Whether :meth:`forward_jvp` is available (every activation has a closed-form
+        derivative here)."""
+        return all(isinstance(a, _JVP_ACTS) for a in self.acts) and not any(
+            isinstance(a, nn.Softplus) and (a.beta != 1 or a.threshold != 20) for a in self.acts)
+
+    def forward_jvp(self, t: Tensor, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """``f(t, z)`` and the Jacobian-vector products ``(∂f/∂z) vₖ`` for tangents ``v``
+        of shape ``[K, B, D]``, in one forward pass (forward-mode differentiation written
+        out per layer). With ``v`` the D basis vectors this is the whole Jacobian, so the
+        exact trace costs no backward passes."""
+        h = z
+        for i, layer in enumerate(self.layers):
+            h, v = layer.jvp(t, h, v)
+            if i < len(self.acts):
+                h, v = _act_jvp(self.acts[i], h, v)
+        return h, v

@@ -30,7 +30,12 @@ from torch import Tensor, nn
 from torchdiffeq._impl.odeint import SOLVERS
 
 from cnf.errors import ConfigError, SolverError
-from cnf.ode.divergence import divergence_exact, divergence_hutchinson, sample_probes
+from cnf.ode.divergence import (
+    divergence_exact,
+    divergence_from_jvp,
+    divergence_hutchinson,
+    sample_probes,
+)
 
 __all__ = ["SolverConfig", "NFECounter", "odeint_cnf", "ADAPTIVE_SOLVERS", "FIXED_SOLVERS"]
 
@@ -129,8 +134,10 @@ class _Dynamics(nn.Module):
 
     def __init__(self, net: nn.Module, end_time: nn.Module, *, exact: bool, probes: Tensor | None,
                  kinetic: bool, frobenius: bool, counter: NFECounter, config: SolverConfig,
-                 time_scale: float, direct_grad: bool):
+                 time_scale: float, direct_grad: bool, use_jvp: bool = False):
         super().__init__()
+        self.use_jvp = use_jvp
+        self._basis: Tensor | None = None
         self.net = net
         self.end_time = end_time
         self.exact = exact
@@ -200,6 +207,21 @@ class _Dynamics(nn.Module):
         self.last_s = float(s.detach())
         z = state[0]
         need_graph = torch.is_grad_enabled()
+        want_frob = self.frobenius
+        if self.use_jvp:
+            # forward mode: f and J·v in one pass, no autograd needed to get the trace
+            T = self.end_time()
+            t = s.to(z.dtype) * T
+            if self.exact:
+                if self._basis is None or self._basis.dtype != z.dtype:
+                    d = z.shape[1]
+                    self._basis = torch.eye(d, dtype=z.dtype, device=z.device).unsqueeze(1)
+                f, jv = self.net.forward_jvp(t, z, self._basis)
+                div, frob = divergence_from_jvp(jv, None, want_frob)
+            else:
+                f, jv = self.net.forward_jvp(t, z, self.probes)
+                div, frob = divergence_from_jvp(jv, self.probes, want_frob)
+            return self._pack(T, f, div, frob, need_graph)
         with torch.enable_grad():
             if not (need_graph and z.requires_grad):
                 # (a view made under no_grad can claim requires_grad without a graph)
@@ -207,20 +229,23 @@ class _Dynamics(nn.Module):
             T = self.end_time()
             t = s.to(z.dtype) * T
             f = self.net(t, z)
-            want_frob = self.frobenius
             if self.exact:
                 div, frob = divergence_exact(f, z, need_graph, want_frob)
             else:
                 div, frob = divergence_hutchinson(f, z, self.probes, need_graph, want_frob)
+        return self._pack(T, f, div, frob, need_graph)
+
+    def _pack(self, T: Tensor, f: Tensor, div: Tensor, frob: Tensor | None,
+              need_graph: bool) -> tuple[Tensor, ...]:
         out = [T * f, (-T * div).unsqueeze(1)]
         if self.kinetic:
             out.append((T * f.pow(2).sum(1)).unsqueeze(1))
-        if want_frob:
+        if frob is not None:
             out.append((T * frob).unsqueeze(1))
         if not need_graph:
             return tuple(o.detach() for o in out)
         if self.direct_grad:
-            return _CountVJP.apply(c, *out)
+            return _CountVJP.apply(self.counter, *out)
         return tuple(out)
 
 
@@ -237,6 +262,7 @@ def odeint_cnf(
     kinetic: bool = False,
     frobenius: bool = False,
     counter: NFECounter | None = None,
+    divergence_impl: str = "auto",
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """Integrate ``dz/dt = net(t, z)`` from ``t = 0`` to ``t = T`` (``reverse``: from T to
     0) together with the log-density change and the requested regularizers.
@@ -251,6 +277,9 @@ def odeint_cnf(
         probe, n_probes: Hutchinson probe distribution and count; drawn once per solve.
         kinetic, frobenius: also integrate ``∫‖f‖² dt`` and ``∫‖∂f/∂z‖²_F dt``.
         counter: receives the NFE of this solve (and of its backward pass).
+        divergence_impl: ``autograd`` (one backward pass per dimension or probe, as FFJORD),
+            ``jvp`` (forward-mode products written out per layer, ``net.forward_jvp``; the
+            same numbers, fewer operations) or ``auto`` (``jvp`` when the net has it).
 
     Returns:
         ``(z_end [B, D], logabsdet [B], regs)``: ``logabsdet = log|det ∂z_end/∂z|``,
@@ -272,9 +301,17 @@ def odeint_cnf(
         raise SolverError(f"the integration time T = {time_scale} must be positive and finite")
     probes = None if exact else sample_probes(probe, n_probes, z)
     use_adjoint = config.adjoint and torch.is_grad_enabled()
+    if divergence_impl not in ("auto", "autograd", "jvp"):
+        raise ConfigError(f"divergence_impl must be auto, autograd or jvp, got {divergence_impl!r}")
+    has_jvp = bool(getattr(net, "supports_jvp", False))
+    if divergence_impl == "jvp" and not has_jvp:
+        raise ConfigError("divergence_impl='jvp' needs a net with forward_jvp (cnf.ode.ODENet "
+                          "with tanh/softplus/swish/elu/relu); use 'autograd'")
+    use_jvp = divergence_impl == "jvp" or (divergence_impl == "auto" and has_jvp)
     dyn = _Dynamics(net, end_time, exact=exact, probes=probes, kinetic=kinetic,
                     frobenius=frobenius, counter=counter, config=config,
-                    time_scale=time_scale, direct_grad=torch.is_grad_enabled() and not use_adjoint)
+                    time_scale=time_scale, direct_grad=torch.is_grad_enabled() and not use_adjoint,
+                    use_jvp=use_jvp)
     zeros = z.new_zeros(z.shape[0], 1)
     state = [z, zeros]
     if kinetic:

@@ -38,9 +38,11 @@ def test_linear_dynamics_give_matrix_exponential_and_trace():
     torch.testing.assert_close(logdet, torch.full((8,), 0.7 * A.trace().item(), dtype=torch.float64))
 
 
-def test_logdet_is_brute_force_logabsdet_of_the_solved_map():
+@pytest.mark.parametrize("impl", ["autograd", "jvp"])
+def test_logdet_is_brute_force_logabsdet_of_the_solved_map(impl):
     torch.manual_seed(0)
-    cnf = CNF(3, hidden=(32, 32), act="softplus", T=1.0, adjoint=False, **TIGHT).double()
+    cnf = CNF(3, hidden=(32, 32), act="softplus", T=1.0, adjoint=False, divergence_impl=impl,
+              **TIGHT).double()
     with torch.no_grad():
         for p in cnf.parameters():
             p.mul_(2.0)
@@ -64,14 +66,19 @@ def test_forward_then_inverse_returns_input_float32_defaults():
     assert (ld + ld_inv).abs().max() < 1e-3
 
 
-def test_adjoint_and_direct_gradients_agree():
+@pytest.mark.parametrize("impl", ["autograd", "jvp"])
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_adjoint_and_direct_gradients_agree(impl, divergence):
     torch.manual_seed(0)
-    a = CNF(2, hidden=(16, 16), train_T=True, adjoint=True, rtol=1e-8, atol=1e-8).double()
-    d = CNF(2, hidden=(16, 16), train_T=True, adjoint=False, rtol=1e-8, atol=1e-8).double()
+    kw = dict(hidden=(16, 16), train_T=True, rtol=1e-8, atol=1e-8, divergence_impl=impl,
+              divergence=divergence, kinetic_weight=0.1, jacobian_weight=0.1)
+    a = CNF(2, adjoint=True, **kw).double()
+    d = CNF(2, adjoint=False, **kw).double()
     d.load_state_dict(a.state_dict())
     x = torch.randn(32, 2, dtype=torch.float64)
-    _nll(a, x).backward()
-    _nll(d, x).backward()
+    for flow in (a, d):
+        torch.manual_seed(5)  # the same Hutchinson probes in both
+        (_nll(flow, x) + sum(flow.extra_losses().values())).backward()
     for (name, pa), pd in zip(a.named_parameters(), d.parameters()):
         torch.testing.assert_close(pa.grad, pd.grad, rtol=1e-5, atol=1e-7, msg=name)
 
@@ -99,10 +106,12 @@ def test_learnable_T_gets_the_right_gradient_and_moves(adjoint):
     assert float(cnf.T.detach()) != pytest.approx(0.5, abs=1e-6)
 
 
-def test_hutchinson_is_stochastic_and_exact_mode_is_exact():
+@pytest.mark.parametrize("impl", ["autograd", "jvp"])
+def test_hutchinson_is_stochastic_and_exact_mode_is_exact(impl):
     torch.manual_seed(0)
-    h = CNF(2, hidden=(16, 16), divergence="hutchinson", probe="rademacher", **TIGHT).double()
-    e = CNF(2, hidden=(16, 16), divergence="exact", **TIGHT).double()
+    h = CNF(2, hidden=(16, 16), divergence="hutchinson", probe="rademacher",
+            divergence_impl=impl, **TIGHT).double()
+    e = CNF(2, hidden=(16, 16), divergence="exact", divergence_impl=impl, **TIGHT).double()
     e.load_state_dict(h.state_dict())
     assert h.stochastic and h.logdet_is_estimate and not e.stochastic
     x = torch.randn(5, 2, dtype=torch.float64)

@@ -44,3 +44,30 @@ def test_bad_names_raise_config_error():
         ODENet(2, layer_type="concat_v2")
     with pytest.raises(ConfigError, match="activation"):
         ODENet(2, act="sine")
+
+
+@pytest.mark.parametrize("layer_type", sorted(LAYER_TYPES))
+@pytest.mark.parametrize("act", ["tanh", "softplus", "swish", "elu", "relu"])
+def test_forward_jvp_is_the_jacobian(layer_type, act):
+    torch.manual_seed(0)
+    net = ODENet(3, hidden=(8, 5), layer_type=layer_type, act=act).double()
+    assert net.supports_jvp
+    t = torch.tensor(0.4, dtype=torch.float64)
+    z = torch.randn(4, 3, dtype=torch.float64)
+    basis = torch.eye(3, dtype=torch.float64).unsqueeze(1)
+    f, jv = net.forward_jvp(t, z, basis)
+    torch.testing.assert_close(f, net(t, z))
+    for b in range(4):
+        jac = torch.autograd.functional.jacobian(lambda v: net(t, v[None])[0], z[b])  # [out, in]
+        torch.testing.assert_close(jv[:, b, :], jac.T)
+    # arbitrary tangents [K, B, D]
+    v = torch.randn(2, 4, 3, dtype=torch.float64)
+    _, jv2 = net.forward_jvp(t, z, v)
+    for b in range(4):
+        jac = torch.autograd.functional.jacobian(lambda u: net(t, u[None])[0], z[b])
+        torch.testing.assert_close(jv2[:, b, :], v[:, b, :] @ jac.T)
+
+
+def test_unsupported_activation_has_no_jvp():
+    net = ODENet(2, hidden=(4,), act="gelu")
+    assert not net.supports_jvp
