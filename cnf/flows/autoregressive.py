@@ -23,8 +23,9 @@ per-feature scales stay within ``(1e-3, 1e3)``.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +34,39 @@ from torch import Tensor, nn
 from cnf.errors import ConfigError, ShapeError
 from cnf.flows.base import Chain, Flow, Inverse
 
-__all__ = ["MADE", "MaskedAffineAutoregressive", "MAF", "IAF", "made_orders"]
+__all__ = ["MADE", "MaskedAffineAutoregressive", "MAF", "IAF", "made_orders", "blockwise"]
 
-_ACTS = {"relu": torch.relu, "tanh": torch.tanh, "elu": F.elu, "silu": F.silu, "swish": F.silu,
+_ACTS = {"relu": torch.relu_, "tanh": torch.tanh, "elu": F.elu, "silu": F.silu, "swish": F.silu,
          "gelu": F.gelu, "softplus": F.softplus}
+
+
+#: rows per block when a flow runs without gradients: the hidden activations and spline
+#: intermediates of a block stay in cache. Measured on the 2-core CPU: log_prob of 100k
+#: points with MAF 5×(MADE 2×64) took 0.15 s in blocks of 4096 vs 0.65 s in one block.
+EVAL_BLOCK = 4096
+
+_Method = Callable[..., tuple[Tensor, Tensor]]
+
+
+def blockwise(method: _Method) -> _Method:
+    """Run ``method(self, x, context)`` on blocks of ``EVAL_BLOCK`` rows when gradients are
+    off (evaluation, sampling) and concatenate; with gradients, one call on the whole batch.
+    Rows are independent in every flow, so the result is the same either way."""
+
+    @functools.wraps(method)
+    def wrapper(self: nn.Module, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        n = x.shape[0]
+        if n <= EVAL_BLOCK or torch.is_grad_enabled():
+            return method(self, x, context)
+        outs, lds = [], []
+        for start in range(0, n, EVAL_BLOCK):
+            c = None if context is None else context[start: start + EVAL_BLOCK]
+            y, ld = method(self, x[start: start + EVAL_BLOCK], c)
+            outs.append(y)
+            lds.append(ld)
+        return torch.cat(outs), torch.cat(lds)
+
+    return wrapper
 
 
 def made_orders(dim: int, n: int) -> list[Tensor]:
@@ -166,11 +196,13 @@ class MaskedAffineAutoregressive(Flow):
             raise ShapeError(f"{type(self).__name__} was built for [batch, {self.dim}] inputs, "
                              f"got {list(x.shape)}")
 
+    @blockwise
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(x)
         shift, log_scale = self._params(x, context)
         return x * log_scale.exp() + shift, log_scale.sum(1)
 
+    @blockwise
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(z)
         x = torch.zeros_like(z)
