@@ -17,6 +17,13 @@ from cnf.flows.base import Chain, Flow, Inverse
 from cnf.flows.coupling import AffineCoupling, RealNVP, alternating_masks
 from cnf.flows.multiscale import multiscale
 from cnf.flows.normalization import ActNorm
+from cnf.flows.residual import (
+    ConvResidualFlow,
+    IResNet,
+    ResidualBlock,
+    ResidualFlow,
+    lipschitz_mlp,
+)
 
 VECTOR_SHAPES = ((2,), (3,), (5,))
 
@@ -100,4 +107,9 @@ CASES: dict[str, Case] = {
     "inverse": Case(_inverse),
     "actnorm": Case(_actnorm, shapes=((2,), (3,), (2, 3, 3)), inputs=_shifted_inputs),
     "multiscale": Case(_multiscale, shapes=((1, 4, 4), (2, 4, 4))),
+    "iresnet_block": Case(lambda s: perturb(ResidualBlock(lipschitz_mlp(s[0], 16, coeff=0.9, act="elu"), "series"))),
+    "resflow_block": Case(lambda s: perturb(ResidualBlock(lipschitz_mlp(s[0], 16, coeff=0.97), "roulette"))),
+    "iresnet": Case(lambda s: perturb(IResNet(s[0], num_blocks=2, hidden=16)), inputs=_shifted_inputs),
+    "resflow": Case(lambda s: perturb(ResidualFlow(s[0], num_blocks=2, hidden=16)), inputs=_shifted_inputs),
+    "conv_resflow": Case(lambda s: perturb(ConvResidualFlow(s, num_scales=2, blocks_per_scale=1, hidden=8)), shapes=((1, 4, 4), (2, 4, 4))),
 }
