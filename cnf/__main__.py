@@ -1,0 +1,3 @@
+from cnf.cli import main
+
+main()

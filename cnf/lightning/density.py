@@ -1,0 +1,142 @@
+"""Density estimation by maximum likelihood, for any ``cnf.distributions.Density``."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from cnf.distributions import Density
+from cnf.errors import NonFiniteError
+from cnf.flows.base import exact_logdet, gather
+
+__all__ = ["DensityEstimation"]
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+def _adam(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+class DensityEstimation(L.LightningModule):
+    """Train ``density`` on mean negative log-likelihood (nats per sample).
+
+    Logs ``train/loss``, ``train/nll``, ``val/nll``, ``test/nll``, ``time/train_step_s``,
+    every loss term a flow reports through ``Flow.extra_losses()`` (as ``train/<name>``) and
+    every counter it reports through ``Flow.stats()`` (e.g. ``train/nfe_forward``,
+    ``val/nfe_forward``).
+
+    Args:
+        density: the model, e.g. ``Density(RealNVP(2), StandardNormal(2))``.
+        optimizer: a callable ``params -> Optimizer`` (from config: ``class_path:
+            torch.optim.Adam`` with ``init_args``).
+        lr_scheduler: optional callable ``optimizer -> scheduler``; stepped every step.
+        exact_eval: evaluate val/test log-likelihoods with exact log-determinants
+            (exact traces / Jacobians) when the flow has a stochastic estimator.
+    """
+
+    def __init__(
+        self,
+        density: Density,
+        optimizer: OptimizerFactory = _adam,
+        lr_scheduler: SchedulerFactory | None = None,
+        exact_eval: bool = True,
+    ):
+        super().__init__()
+        self.density = density
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.exact_eval = exact_eval
+        self._step_started: float | None = None
+        self.save_hyperparameters(ignore=["density", "optimizer", "lr_scheduler"])
+
+    # -- helpers -------------------------------------------------------------------------
+    @staticmethod
+    def batch_data(batch: Any) -> Tensor:
+        return batch[0] if isinstance(batch, (list, tuple)) else batch
+
+    def _log_stats(self, stage: str, **kw: Any) -> None:
+        for key, value in gather(self.density, "stats").items():
+            self.log(f"{stage}/{key}", float(value), **kw)
+
+    # -- training ------------------------------------------------------------------------
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x = self.batch_data(batch)
+        nll = -self.density.log_prob(x).mean()
+        extra = gather(self.density, "extra_losses")
+        loss = nll + sum(extra.values()) if extra else nll
+        if not torch.isfinite(loss):
+            raise NonFiniteError(
+                f"the training loss became {float(loss)} at step {self.global_step} "
+                f"(nll={float(nll)}); lower the learning rate (model.optimizer.init_args.lr), "
+                f"clip gradients (trainer.gradient_clip_val), or tighten the ODE tolerances. "
+                f"The last good checkpoint is kept in the run's checkpoints/ folder."
+            )
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/nll", nll)
+        for name, value in extra.items():
+            self.log(f"train/{name}", value)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        bad = [n for n, p in self.named_parameters()
+               if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if bad:
+            raise NonFiniteError(
+                f"non-finite gradients at step {self.global_step} in {bad[:5]}; lower the "
+                f"learning rate or clip gradients (trainer.gradient_clip_val). The weights were "
+                f"not updated and the last good checkpoint is kept."
+            )
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # counters such as nfe_backward are complete only after the backward pass
+        self._log_stats("train")
+        if self._step_started is not None:
+            self.log("time/train_step_s", time.perf_counter() - self._step_started)
+
+    # -- evaluation ----------------------------------------------------------------------
+    def _eval_log_prob(self, x: Tensor) -> Tensor:
+        if self.exact_eval:
+            with exact_logdet(self.density):
+                return self.density.log_prob(x)
+        return self.density.log_prob(x)
+
+    def _eval_step(self, batch: Any, stage: str) -> Tensor:
+        x = self.batch_data(batch)
+        log_prob = self._eval_log_prob(x)
+        nll = -log_prob.mean()
+        kw = {"sync_dist": True, "batch_size": x.shape[0]}
+        self.log(f"{stage}/nll", nll, prog_bar=stage == "val", **kw)
+        dim = math.prod(x.shape[1:])
+        self.log(f"{stage}/nll_per_dim", nll / dim, **kw)
+        self._log_stats(stage, **kw)
+        return nll
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._eval_step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """Per-example log-likelihood (nats): the anomaly score of each input."""
+        return self._eval_log_prob(self.batch_data(batch))
+
+    # -- optimization --------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
