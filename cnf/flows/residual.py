@@ -183,14 +183,20 @@ class ResidualBlock(Flow):
         eps = torch.finfo(y.dtype).eps
         x = y
         b = y.shape[0]
+        best = torch.full((b,), math.inf, dtype=y.dtype, device=y.device)
+        stalled = torch.zeros(b, dtype=torch.long, device=y.device)
         for it in range(1, self.max_iter + 1):
             x_new = y - self.net(x)
             step = (x_new - x).reshape(b, -1).norm(dim=1)
             x = x_new
             bound_ok = factor * step <= tol
-            # rounding floor: the step is at the precision of x, so no iterate can be better
-            floor_ok = step <= 16 * eps * (x.reshape(b, -1).norm(dim=1) + 1.0)
-            if bool((bound_ok | floor_ok).all()):
+            # rounding floor: near the precision of x the steps stop shrinking; after 3 steps
+            # without a new minimum no iterate can be better, so stop there
+            small = step <= 64 * eps * (y.reshape(b, -1).norm(dim=1) + 1.0)
+            improved = step < best
+            best = torch.where(improved, step, best)
+            stalled = torch.where(improved | ~small, torch.zeros_like(stalled), stalled + 1)
+            if bool((bound_ok | (stalled >= 3)).all()):
                 return x, it
         err = float((factor * step).max())
         msg = (f"fixed-point inverse of a residual block stopped at max_iter={self.max_iter} "
