@@ -14,9 +14,10 @@ import torch
 from torch import Tensor
 
 from cnf.flows.base import Chain, Flow, Inverse
+from cnf.flows.continuous import CNF, FFJORD
 from cnf.flows.coupling import AffineCoupling, RealNVP, alternating_masks
 from cnf.flows.multiscale import multiscale
-from cnf.flows.normalization import ActNorm
+from cnf.flows.normalization import ActNorm, MovingBatchNorm
 from cnf.flows.residual import (
     ConvResidualFlow,
     IResNet,
@@ -96,6 +97,29 @@ def _multiscale(shape):
                        _PixelAffine((4 * c, h // 4, w // 4))])
 
 
+# CNFs: float64, dopri5 at rtol = atol = 1e-10 and direct backprop, so the solved map is
+# accurate to ~1e-9 and its autograd Jacobian is the Jacobian of the solver's map
+_TIGHT = dict(hidden=(16, 16), rtol=1e-10, atol=1e-10, adjoint=False, eval_solver="dopri5")
+
+
+def _cnf(shape):
+    return perturb(CNF(shape[0], T=0.5, **_TIGHT), scale=0.2)
+
+
+def _cnf_hutch_T(shape):
+    return perturb(CNF(shape[0], T=0.4, train_T=True, divergence="hutchinson",
+                       probe="rademacher", layer_type="concat", act="softplus",
+                       divergence_impl="autograd", **_TIGHT), scale=0.2)
+
+
+def _ffjord(shape):
+    return perturb(FFJORD(shape[0], num_blocks=2, norm="batchnorm", T=0.3, **_TIGHT), scale=0.2)
+
+
+def _moving_bn(shape):
+    return perturb(MovingBatchNorm(shape[0]))
+
+
 def _inverse(shape):
     return Inverse(_realnvp(shape))
 
@@ -112,4 +136,8 @@ CASES: dict[str, Case] = {
     "iresnet": Case(lambda s: perturb(IResNet(s[0], num_blocks=2, hidden=16)), inputs=_shifted_inputs),
     "resflow": Case(lambda s: perturb(ResidualFlow(s[0], num_blocks=2, hidden=16)), inputs=_shifted_inputs),
     "conv_resflow": Case(lambda s: perturb(ConvResidualFlow(s, num_scales=2, blocks_per_scale=1, hidden=8)), shapes=((1, 4, 4), (2, 4, 4))),
+    "moving_batchnorm": Case(_moving_bn, inputs=_shifted_inputs),
+    "cnf": Case(_cnf, shapes=((2,), (3,))),
+    "cnf_hutchinson_learned_T": Case(_cnf_hutch_T, shapes=((2,),)),
+    "ffjord": Case(_ffjord, shapes=((2,), (3,)), inputs=_shifted_inputs),
 }
