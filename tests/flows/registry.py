@@ -31,6 +31,13 @@ from cnf.flows.nice import NICE, AdditiveCoupling, DiagonalScaling
 from cnf.flows.normalization import ActNorm, MovingBatchNorm
 from cnf.flows.planar import Planar, PlanarFlow
 from cnf.flows.radial import Radial, RadialFlow
+from cnf.flows.residual import (
+    ConvResidualFlow,
+    IResNet,
+    ResidualBlock,
+    ResidualFlow,
+    lipschitz_mlp,
+)
 from cnf.flows.spline import NSF, RQSAutoregressive, RQSCoupling
 
 VECTOR_SHAPES = ((2,), (3,), (5,))
@@ -181,6 +188,11 @@ CASES: dict[str, Case] = {
     "inverse": Case(_inverse),
     "actnorm": Case(_actnorm, shapes=((2,), (3,), (2, 3, 3)), inputs=_shifted_inputs),
     "multiscale": Case(_multiscale, shapes=((1, 4, 4), (2, 4, 4))),
+    "iresnet_block": Case(lambda s: perturb(ResidualBlock(lipschitz_mlp(s[0], 16, coeff=0.9, act="elu"), "series"))),
+    "resflow_block": Case(lambda s: perturb(ResidualBlock(lipschitz_mlp(s[0], 16, coeff=0.97), "roulette"))),
+    "iresnet": Case(lambda s: perturb(IResNet(s[0], num_blocks=2, hidden=16)), inputs=_shifted_inputs),
+    "resflow": Case(lambda s: perturb(ResidualFlow(s[0], num_blocks=2, hidden=16)), inputs=_shifted_inputs),
+    "conv_resflow": Case(lambda s: perturb(ConvResidualFlow(s, num_scales=2, blocks_per_scale=1, hidden=8)), shapes=((1, 4, 4), (2, 4, 4))),
     "moving_batchnorm": Case(_moving_bn, inputs=_shifted_inputs),
     "cnf": Case(_cnf, shapes=((2,), (3,))),
     "cnf_hutchinson_learned_T": Case(_cnf_hutch_T, shapes=((2,),)),
