@@ -19,6 +19,7 @@ Errors a user can cause end with ``cnf: error: <what to change>`` and exit statu
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 import sys
 import warnings
@@ -36,6 +37,14 @@ from cnf.lightning.callbacks import DensityPlot2D, RunSummary
 
 __all__ = ["CNFCLI", "RunOptions", "run", "main"]
 
+class _DropAdvertising(logging.Filter):
+    """Lightning logs a 'try litlogger' tip on every run; keep logs about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertising())
 warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
