@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable as SchedulerFactory
+from lightning.pytorch.cli import OptimizerCallable as OptimizerFactory
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -34,9 +36,6 @@ from cnf.vi.estimators import effective_sample_size, free_energy, importance_log
 from cnf.vi.targets import Target
 
 __all__ = ["ReverseKL", "StepsDataModule", "TargetPlot2D"]
-
-OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
 def _adam(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
