@@ -246,11 +246,8 @@ class ReverseKL(L.LightningModule):
         return out
 
     def _eval_step(self, stage: str) -> None:
-        was_grad = torch.is_grad_enabled()
-        # CNF divergences need autograd even at evaluation
-        with torch.set_grad_enabled(True):
+        with torch.enable_grad():  # CNF divergences need autograd even at evaluation
             est = self.estimates()
-        torch.set_grad_enabled(was_grad)
         for key, value in est.items():
             self.log(f"{stage}/{key}", value, prog_bar=stage == "val" and key == "free_energy",
                      batch_size=self.eval_samples, sync_dist=True)
