@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from cnf.distributions import Density
-from cnf.errors import ConfigError, NonFiniteError
+from cnf.errors import CNFError, ConfigError, NonFiniteError
 from cnf.flows.base import exact_logdet, gather
 from cnf.vi.estimators import effective_sample_size, free_energy, importance_log_z
 from cnf.vi.targets import Target
@@ -315,8 +315,13 @@ class TargetPlot2D(L.Callback):
             log_p = -target.energy(grid)
         log_p = log_p - (target.log_z if target.log_z is not None
                          else float(torch.logsumexp(log_p, 0) + math.log(cell)))
+        q_note = ""
         with torch.enable_grad(), exact_logdet(density):
-            log_q = torch.cat([density.log_prob(c).detach() for c in grid.split(5000)])
+            try:  # density evaluation runs the flow's forward, numerical for some flows
+                log_q = torch.cat([density.log_prob(c).detach() for c in grid.split(5000)])
+            except CNFError as exc:
+                log_q = torch.full((grid.shape[0],), float("nan"), device=grid.device)
+                q_note = f" (unavailable: {type(exc).__name__})"
             est = pl_module.estimates(min(pl_module.eval_samples, 20_000))
             samples = torch.cat([density.sample(min(10_000, self.n_samples)).detach()
                                  for _ in range(math.ceil(self.n_samples / 10_000))])
@@ -333,7 +338,7 @@ class TargetPlot2D(L.Callback):
         axes[0].set_title(f"target exp(-U)/Z ({target.name})")
         axes[1].imshow(q_img, origin="lower", extent=(-lim, lim, -lim, lim), cmap="viridis",
                        vmax=vmax)
-        axes[1].set_title("q density")
+        axes[1].set_title("q density" + q_note, fontsize=10 if q_note else None)
         axes[2].hist2d(s[:, 0], s[:, 1], bins=n, range=[[-lim, lim], [-lim, lim]],
                        cmap="viridis")
         axes[2].set_title("q samples")
