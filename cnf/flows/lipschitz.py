@@ -152,7 +152,7 @@ class SpectralNorm(nn.Module):
         u, v = self.u.double(), self.v.double()
         sig = float((u * self._op(v, w)).sum())
         it, done = 0, False
-        for it in range(1, max_iter + 1):
+        for it in range(1, max_iter + 1):  # noqa: B007 (`it` is reported after the loop)
             v_new = _normalize(self._op_t(u, w))
             au = self._op(v_new, w)
             sig_new = float(au.norm())

@@ -7,7 +7,7 @@ on the data, at D = 2 and D = 64, batch 256, float32. Per estimator:
 - ``s/step``: median wall time of forward + backward of ``mean(½‖z‖² - logdet)``;
 - ``graph MB``: bytes of the tensors autograd saves for backward in that forward (counted
   with ``torch.autograd.graph.saved_tensors_hooks``): the memory the estimator holds until
-  backward, which is what the Neumann gradient saves (peak GPU memory on CUDA too);
+  backward, which is what the Neumann gradient saves;
 - ``std``: per-sample standard deviation of the log-det estimate over 200 draws at fixed
   inputs, averaged over 64 points; ``bias``: mean of those draws minus the exact log-det
   (averaged over points; the roulette bias is Monte-Carlo noise, the series bias is real).
@@ -25,7 +25,6 @@ NLL (nats) on 5,000 held-out samples with the *exact* log-det for every model.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import statistics
@@ -101,7 +100,7 @@ def bench_estimators(dims: list[int], reps: int, draws: int) -> list[dict]:
         for name, make in ESTIMATORS.items():
             est = make()
 
-            def step(est=est):
+            def step(est=est, net=net, x=x):
                 gx, ld = est(net, x)
                 loss = (0.5 * (x + gx).pow(2).sum(1) - ld).mean()
                 loss.backward()
@@ -113,9 +112,7 @@ def bench_estimators(dims: list[int], reps: int, draws: int) -> list[dict]:
                 t0 = time.perf_counter()
                 step()
                 times.append(time.perf_counter() - t0)
-            mem = saved_mb(lambda est=est: est(net, x)[1].sum())
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
+            mem = saved_mb(lambda est=est, net=net, x=x: est(net, x)[1].sum())
             with torch.no_grad():
                 est_draws = torch.stack([est(net, xs)[1] for _ in range(draws)])
             std = float(est_draws.std(0).mean()) if est.stochastic else 0.0
