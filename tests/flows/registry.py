@@ -93,6 +93,18 @@ def _inverse(shape):
     return Inverse(_realnvp(shape))
 
 
+def _conv_coupling(mask):
+    from cnf.flows.image_coupling import ConvAffineCoupling
+
+    return lambda shape: perturb(ConvAffineCoupling(shape[0], mask, parity=1, hidden=8), 0.1)
+
+
+def _multiscale_realnvp(shape):
+    from cnf.flows.image_coupling import MultiscaleRealNVP
+
+    return perturb(MultiscaleRealNVP(shape, scales=2, couplings=1, hidden=8), 0.1)
+
+
 CASES: dict[str, Case] = {
     "affine_coupling": Case(_coupling),
     "realnvp": Case(_realnvp),
@@ -100,4 +112,8 @@ CASES: dict[str, Case] = {
     "inverse": Case(_inverse),
     "actnorm": Case(_actnorm, shapes=((2,), (3,), (2, 3, 3)), inputs=_shifted_inputs),
     "multiscale": Case(_multiscale, shapes=((1, 4, 4), (2, 4, 4))),
+    "conv_coupling_checkerboard": Case(_conv_coupling("checkerboard"), shapes=((1, 4, 4), (2, 3, 3))),
+    "conv_coupling_channel": Case(_conv_coupling("channel"), shapes=((2, 3, 3), (3, 2, 2))),
+    "multiscale_realnvp": Case(_multiscale_realnvp, shapes=((1, 4, 4), (2, 4, 4)),
+                               inputs=_shifted_inputs),
 }
