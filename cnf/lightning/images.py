@@ -132,8 +132,9 @@ class ImageSamples(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         torch.manual_seed(0)
-        with torch.no_grad():
-            rows = [density.sample(self.per_row, temperature=t).cpu() for t in self.temperatures]
+        # no torch.no_grad(): CNF log-dets need autograd even in sampling; detach instead
+        rows = [density.sample(self.per_row, temperature=t).detach().cpu()
+                for t in self.temperatures]
         if was_training:
             pl_module.train()
         out = Path(trainer.log_dir or trainer.default_root_dir) / "plots" / "samples_final.png"
