@@ -48,7 +48,8 @@ LEVELS: dict[str, int] = {"digits": 17, "mnist": 256, "cifar10": 256}
 SHAPES: dict[str, tuple[int, int, int]] = {
     "digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 NAMES: tuple[str, ...] = tuple(LEVELS)
-MNIST_URL = "http://yann.lecun.com/exdb/mnist/ (or any mirror of the four IDX files)"
+MNIST_URL = ("http://yann.lecun.com/exdb/mnist/ (or any mirror): train-images-idx3-ubyte.gz and "
+             "t10k-images-idx3-ubyte.gz")
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
