@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
@@ -59,6 +59,7 @@ class RunOptions:
         monitor_mode: ``min`` or ``max``.
         test_after_fit: after ``fit``, run ``test`` with the best checkpoint.
         plot_every_n_val: also plot 2D densities every that many validations (0: at the end).
+        progress_refresh: progress-bar refresh interval in steps (keeps CI logs short).
     """
 
     experiment: str | None = None
@@ -72,6 +73,7 @@ class RunOptions:
     monitor_mode: Literal["min", "max"] = "min"
     test_after_fit: bool = True
     plot_every_n_val: int = 0
+    progress_refresh: int = 50
 
 
 class _SaveConfig(SaveConfigCallback):
@@ -164,6 +166,9 @@ class CNFCLI(LightningCLI):
         config["logger"] = loggers
         config["default_root_dir"] = str(self.run_dir)
         extra = [RunSummary(), DensityPlot2D(every_n_val_epochs=self.run_opts.plot_every_n_val)]
+        has_bar = any(isinstance(c, ProgressBar) for c in callbacks + list(config.get("callbacks") or []))
+        if config.get("enable_progress_bar") is not False and not has_bar:
+            extra.append(TQDMProgressBar(refresh_rate=self.run_opts.progress_refresh))
         if self.subcommand == "fit":
             extra.append(ModelCheckpoint(
                 dirpath=str(self.run_dir / "checkpoints"), filename="best",
@@ -216,10 +221,16 @@ def run(args: list[str] | None = None, **kwargs: Any) -> CNFCLI:
     kw.update(kwargs)
     try:
         return CNFCLI(args=args, **kw)
-    except ArgumentError as exc:
-        raise _config_error(exc) from exc
-    except (ValueError, TypeError) as exc:
-        if "jsonargparse" in type(exc).__module__ or "Problem with given class_path" in str(exc):
+    except CNFError:
+        raise
+    except Exception as exc:
+        # a cnf error raised while jsonargparse instantiated a class arrives wrapped
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, CNFError):
+                raise cause from None
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(exc, ArgumentError) or "jsonargparse" in type(exc).__module__:
             raise _config_error(exc) from exc
         raise
 
