@@ -12,8 +12,7 @@ from cnf.cli import run
 from cnf.data.dequantization import DequantizedDensity
 from cnf.distributions import Density, StandardNormal
 from cnf.flows.base import Flow
-from cnf.flows.coupling import RealNVP
-from cnf.flows.image_coupling import MultiscaleRealNVP
+from cnf.flows.coupling import RealNVP, RealNVPImage
 
 
 class LowerTriangular(Flow):
@@ -89,7 +88,7 @@ def test_inpainting_recovers_gaussian_conditional_mean():
 
 def test_image_inpainting_keeps_observed_pixels_and_returns_levels():
     torch.manual_seed(0)
-    d = DequantizedDensity(MultiscaleRealNVP((1, 4, 4), scales=2, couplings=1, hidden=8),
+    d = DequantizedDensity(RealNVPImage((1, 4, 4), scales=2, hidden=8),
                            StandardNormal((1, 4, 4)), levels=17, logit_lambda=0.05)
     x = torch.randint(0, 17, (3, 1, 4, 4))
     mask = torch.zeros_like(x, dtype=torch.bool)
@@ -145,7 +144,6 @@ def tiny_run(tmp_path_factory):
     run(["fit", "--config", config, "--run.root", str(root), "--run.name", "t",
          "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
          "--model.init_args.density.init_args.flow.init_args.hidden", "8",
-         "--model.init_args.density.init_args.flow.init_args.couplings", "1",
          "--run.wandb", "disabled"])
     return root / "digits_realnvp" / "t"
 

@@ -23,9 +23,9 @@ MNIST / CIFAR-10). Evaluation uses one sample of ``u`` per image, as the publish
 
 Example::
 
-    >>> from cnf.flows.image_coupling import MultiscaleRealNVP
+    >>> from cnf.flows.coupling import RealNVPImage
     >>> from cnf.distributions import StandardNormal
-    >>> d = DequantizedDensity(MultiscaleRealNVP((1, 8, 8)), StandardNormal((1, 8, 8)), levels=17)
+    >>> d = DequantizedDensity(RealNVPImage((1, 8, 8)), StandardNormal((1, 8, 8)), levels=17)
     >>> x = torch.randint(0, 17, (4, 1, 8, 8))
     >>> bits_per_dim(d.log_prob(x), d.dim)           # [4]
 """
@@ -41,42 +41,17 @@ from torch.nn import functional as F
 from cnf.distributions import BaseDistribution, Density, StandardNormal
 from cnf.errors import ConfigError, DataError
 from cnf.flows.base import Chain, Flow, sum_except_batch
+from cnf.flows.elementwise import Logit
 from cnf.flows.image_coupling import ConvAffineCoupling
 from cnf.flows.normalization import ActNorm
 
-__all__ = ["LogitTransform", "Dequantizer", "UniformDequantizer", "VariationalDequantizer",
+__all__ = ["Dequantizer", "UniformDequantizer", "VariationalDequantizer",
            "DequantizedDensity", "bits_per_dim"]
 
 
 def bits_per_dim(log_prob: Tensor, dim: int) -> Tensor:
     """``-log_prob / (dim · ln 2)``: nats per example to bits per dimension."""
     return -log_prob / (dim * math.log(2.0))
-
-
-class LogitTransform(Flow):
-    """``s = logit(λ + (1 − 2λ) y)`` for ``y ∈ [0, 1]``, elementwise; both directions cheap.
-
-    ``log|ds/dy| = Σ log(1 − 2λ) − log p − log(1 − p)`` with ``p = λ + (1 − 2λ) y``.
-    """
-
-    def __init__(self, lam: float = 1e-6):
-        super().__init__()
-        if not 0 < lam < 0.5:
-            raise ConfigError(f"logit λ must be in (0, 0.5), got {lam}")
-        self.lam = float(lam)
-
-    def forward(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        p = self.lam + (1 - 2 * self.lam) * y
-        s = torch.log(p) - torch.log1p(-p)
-        logdet = math.log(1 - 2 * self.lam) - torch.log(p) - torch.log1p(-p)
-        return s, sum_except_batch(logdet)
-
-    def inverse(self, s: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        p = torch.sigmoid(s)
-        y = (p - self.lam) / (1 - 2 * self.lam)
-        # log|dy/ds| = log p + log(1 - p) - log(1 - 2λ), with log σ(s) = -softplus(-s)
-        logdet = -F.softplus(-s) - F.softplus(s) - math.log(1 - 2 * self.lam)
-        return y, sum_except_batch(logdet)
 
 
 class _Center(Flow):
@@ -165,7 +140,11 @@ class DequantizedDensity(Density):
             raise ConfigError(f"levels must be >= 2, got {levels}")
         self.levels = int(levels)
         self.dequantizer = dequantizer if dequantizer is not None else UniformDequantizer()
-        self.preprocess: Flow = LogitTransform(logit_lambda) if logit_lambda is not None else _Center()
+        if logit_lambda is not None and not 0 < logit_lambda < 0.5:
+            # λ = 0 would send a pixel dequantized to exactly 0 to logit(0) = -inf
+            raise ConfigError(f"logit_lambda must be in (0, 0.5) or null (no logit), got "
+                              f"{logit_lambda}; MAF used 1e-6 on MNIST and 0.05 on CIFAR-10")
+        self.preprocess: Flow = Logit(logit_lambda) if logit_lambda is not None else _Center()
 
     @property
     def dim(self) -> int:

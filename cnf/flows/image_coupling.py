@@ -1,37 +1,29 @@
-"""Affine coupling with convolutional conditioners, and a multi-scale RealNVP for images
-(Dinh et al., 2017, "Density estimation using Real NVP", §3.3-3.6).
+"""Affine coupling for images conditioned on an *image-shaped* context (Dinh et al., 2017,
+"Density estimation using Real NVP", §3.3): the conditional flow q(u | x) of variational
+dequantization (Flow++) needs the context ``[B, C_ctx, H, W]`` pixel by pixel, which
+:class:`cnf.flows.coupling.ImageAffineCoupling` (vector context broadcast over pixels) does not
+offer. For unconditional image flows use ``ImageAffineCoupling``, ``RealNVPImage`` and ``Glow``.
 
 ``ConvAffineCoupling`` splits an image ``x [B, C, H, W]`` by a checkerboard mask (spatial) or
-by channel halves; the kept part ``x_a`` conditions a CNN that outputs a log-scale ``s`` and a
-shift ``t`` for the rest::
+by channel halves; the kept part ``x_a`` and the context condition a CNN that outputs a
+log-scale ``s`` and a shift ``t`` for the rest::
 
     z_b = x_b · exp(s(x_a, ctx)) + t(x_a, ctx),      log|det dz/dx| = Σ s
 
 Both directions cost one CNN pass. ``s = c · tanh(ŝ / c)`` with ``c = scale_bound``; the last
-conv starts at zero, so every coupling starts as the identity. An optional image-shaped context
-``[B, C_ctx, H, W]`` is concatenated to the CNN input (used by variational dequantization).
-
-``MultiscaleRealNVP`` is RealNVP's architecture written with the pieces of
-:mod:`cnf.flows.multiscale`: at each scale, ActNorm + checkerboard couplings, a squeeze,
-ActNorm + channel couplings, then half of the channels are factored out and the other half
-go to the next scale; the last scale has only checkerboard couplings. ``z`` has the input's
-shape, so the base distribution is over ``[C, H, W]``.
+conv starts at zero, so every coupling starts as the identity.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from cnf.errors import ConfigError, ShapeError
-from cnf.flows.base import Chain, Flow, Inverse
-from cnf.flows.multiscale import FactorOut, Squeeze
+from cnf.flows.base import Flow
 from cnf.flows.nets import activation
-from cnf.flows.normalization import ActNorm
 
-__all__ = ["ConvAffineCoupling", "MultiscaleRealNVP", "checkerboard"]
+__all__ = ["ConvAffineCoupling", "checkerboard"]
 
 
 def checkerboard(h: int, w: int, parity: int = 0, device=None, dtype=None) -> Tensor:
@@ -63,8 +55,8 @@ class ConvAffineCoupling(Flow):
 
     Example::
 
-        >>> layer = ConvAffineCoupling(3, mask="checkerboard", hidden=16)
-        >>> z, logdet = layer(torch.randn(2, 3, 8, 8))
+        >>> layer = ConvAffineCoupling(3, mask="checkerboard", hidden=16, context_channels=4)
+        >>> z, logdet = layer(torch.randn(2, 3, 8, 8), context=torch.randn(2, 4, 8, 8))
     """
 
     def __init__(self, channels: int, mask: str = "checkerboard", parity: int = 0,
@@ -130,45 +122,3 @@ class ConvAffineCoupling(Flow):
         a, b = self._split(z)
         shift, s = self._params(a, context)
         return self._join(a, (b - shift) * torch.exp(-s)), -s.flatten(1).sum(1)
-
-
-class MultiscaleRealNVP(Chain):
-    """RealNVP's multi-scale image flow (see the module docstring).
-
-    Args:
-        shape: ``(C, H, W)`` of the input; H and W divisible by ``2 ** (scales - 1)``.
-        scales: number of scales (each but the last squeezes and factors out half).
-        couplings: coupling layers per stage (RealNVP: 3; the last scale gets one more).
-        hidden: CNN width of every conditioner.
-        actnorm: an ActNorm before every stage (as in Glow; RealNVP used batch norm).
-
-    Example::
-
-        >>> from cnf.distributions import Density, StandardNormal
-        >>> flow = MultiscaleRealNVP((1, 8, 8), scales=2, hidden=32)
-        >>> density = Density(flow, StandardNormal((1, 8, 8)))
-    """
-
-    def __init__(self, shape: Sequence[int] = (1, 8, 8), scales: int = 2, couplings: int = 3,
-                 hidden: int = 64, scale_bound: float = 3.0, actnorm: bool = True,
-                 act: str = "relu"):
-        c, h, w = (int(s) for s in shape)
-        if scales < 1 or h % 2 ** (scales - 1) or w % 2 ** (scales - 1):
-            raise ConfigError(f"{scales} scales need H and W divisible by {2 ** (scales - 1)}, "
-                              f"got {h}x{w}")
-        self.shape = (c, h, w)
-
-        def stage(ch: int, mask: str, n: int) -> list[Flow]:
-            layers: list[Flow] = [ActNorm(ch)] if actnorm else []
-            return layers + [ConvAffineCoupling(ch, mask, k % 2, hidden, 0, scale_bound, act)
-                             for k in range(n)]
-
-        def build(ch: int, level: int) -> Flow:
-            if level == scales - 1:
-                return Chain(stage(ch, "checkerboard", couplings + 1))
-            return Chain(stage(ch, "checkerboard", couplings) + [Squeeze()]
-                         + stage(4 * ch, "channel", couplings)
-                         + [FactorOut(build(2 * ch, level + 1)), Inverse(Squeeze())])
-
-        top = build(c, 0)
-        super().__init__(list(top.flows))

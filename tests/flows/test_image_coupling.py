@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from cnf.errors import ConfigError, ShapeError
-from cnf.flows.image_coupling import ConvAffineCoupling, MultiscaleRealNVP, checkerboard
+from cnf.flows.image_coupling import ConvAffineCoupling, checkerboard
 
 
 def test_checkerboard_coupling_keeps_conditioning_entries():
@@ -24,11 +24,13 @@ def test_coupling_starts_as_identity_and_context_is_checked():
         layer(x)
 
 
-def test_multiscale_realnvp_shapes_and_config_errors():
-    flow = MultiscaleRealNVP((1, 8, 8), scales=3, couplings=2, hidden=8)
-    z, ld = flow(torch.randn(4, 1, 8, 8))
-    assert z.shape == (4, 1, 8, 8) and ld.shape == (4,)
-    with pytest.raises(ConfigError):
-        MultiscaleRealNVP((1, 6, 6), scales=3)
+def test_context_changes_the_map_and_config_errors():
+    layer = ConvAffineCoupling(2, "channel", hidden=8, context_channels=3)
+    for p in layer.parameters():
+        p.data.normal_(0, 0.3)
+    x = torch.randn(2, 2, 4, 4)
+    z1, _ = layer(x, torch.randn(2, 3, 4, 4))
+    z2, _ = layer(x, torch.randn(2, 3, 4, 4))
+    assert not torch.allclose(z1, z2)
     with pytest.raises(ConfigError):
         ConvAffineCoupling(1, "channel")

@@ -13,7 +13,6 @@ CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "experiment" / "d
 TINY = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2",
         "--data.init_args.batch_size", "64",
         "--model.init_args.density.init_args.flow.init_args.hidden", "8",
-        "--model.init_args.density.init_args.flow.init_args.couplings", "1",
         "--run.wandb", "disabled"]
 
 
