@@ -18,10 +18,11 @@ gas        8     gas/ethylene_CO.pickle      drop Meth, Eth, Time; repeatedly dr
                                              standardize with all rows; test = last 10 %,
                                              val = last 10 % of the rest (no shuffle)
 hepmass    21    hepmass/1000_train.csv,     keep label-1 rows; drop the label and, in the
-                 hepmass/1000_test.csv       test file, the last column (the mass); 
-                                             standardize with train stats (aligned by
-                                             column name); drop features whose smallest
-                                             value occurs > 5 times; val = last 10 % of train
+                 hepmass/1000_test.csv       test file, the last column (the mass);
+                                             standardize with the training file's stats
+                                             (train + val; pandas aligns columns by name);
+                                             drop features whose smallest value occurs
+                                             > 5 times; val = last 10 % of train
 miniboone  43    miniboone/data.npy          test = last 10 %, val = last 10 % of the rest;
                                              standardize with train+val stats
 bsds300    63    BSDS300/BSDS300.hdf5        stored already split and preprocessed
