@@ -14,7 +14,7 @@ from cnf.cli import run
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ("wine", "breast_cancer", "power", "gas", "hepmass", "miniboone", "bsds300")
 CONFIGS = sorted(p for p in (ROOT / "configs" / "experiment").glob("*.yaml")
-                 if p.stem.startswith(SETS + ("digits_",)))
+                 if p.stem.startswith(SETS + ("digits_", "mnist_", "cifar10_")))
 
 
 def _resolve(node, base: Path):
@@ -50,7 +50,8 @@ def test_every_set_has_the_four_models():
     names = {p.stem for p in CONFIGS}
     for s in SETS:
         assert {f"{s}_{m}" for m in ("realnvp", "maf", "nsf", "ffjord")} <= names, s
-    assert {"digits_realnvp", "digits_glow", "digits_realnvp_vardeq"} <= names
+    assert {"digits_realnvp", "digits_glow", "digits_realnvp_vardeq", "mnist_realnvp",
+            "mnist_glow", "cifar10_realnvp", "cifar10_glow"} <= names
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
@@ -61,7 +62,8 @@ def test_config_names_valid_classes(config):
     _check_class_nodes(cfg["data"], "data")
 
 
-@pytest.mark.parametrize("name", ["power_ffjord", "hepmass_nsf", "digits_realnvp_vardeq"])
+@pytest.mark.parametrize("name", ["power_ffjord", "hepmass_nsf", "digits_realnvp_vardeq",
+                                  "cifar10_glow"])
 def test_config_parses_in_the_cli(name):
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as info:
