@@ -333,6 +333,17 @@ class _State:
         self.lock = threading.Lock()
         self.started = time.time()
         self.durations: list[float] = []
+        # members recorded by earlier invocations (e.g. with --only) are kept
+        self.previous: list[dict[str, Any]] = []
+        try:
+            self.previous = json.loads(self.path.read_text()).get("members", [])
+        except (OSError, json.JSONDecodeError, AttributeError):
+            self.previous = []
+
+    def _merged(self) -> list[dict[str, Any]]:
+        current = {m.run_name: asdict(m) for m in self.members}
+        out = [current.pop(p.get("run_name"), p) for p in self.previous if isinstance(p, dict)]
+        return out + list(current.values())
 
     def save(self) -> None:
         with self.lock:
@@ -342,7 +353,7 @@ class _State:
                 "budget": {"max_steps": self.suite.max_steps, "max_time": self.suite.max_time},
                 "seeds": self.suite.seeds,
                 "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "members": [asdict(m) for m in self.members],
+                "members": self._merged(),
             }
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".json.tmp")
@@ -370,9 +381,11 @@ def _error_from(member: Member, log_lines: list[str]) -> str:
             return str(err)
     except (OSError, json.JSONDecodeError):
         pass
-    for line in reversed(log_lines):
-        if line.startswith("cnf: error:"):
-            return line.removeprefix("cnf: error:").strip()
+    for i in range(len(log_lines) - 1, -1, -1):
+        if log_lines[i].startswith("cnf: error:"):
+            text = " ".join(ln.strip() for ln in log_lines[i:i + 12] if ln.strip())
+            text = text.removeprefix("cnf: error:").strip()
+            return text if len(text) <= 800 else text[:797] + "..."
     tail = [ln for ln in log_lines if ln.strip()][-5:]
     return " | ".join(tail) if tail else f"exit status {member.returncode}"
 

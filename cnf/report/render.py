@@ -210,7 +210,9 @@ def write_report(runs_dir: str | Path, out: str | Path, *, title: str | None = N
     md += ["## Results", "", _LEGEND, ""]
     hb += ["<h2>Results</h2>", f'<p class="note">{html.escape(_LEGEND)}</p>']
     for data in datasets:
-        dgroups = _sorted([g for g in groups if g.data == data])
+        dgroups = _sorted([g for g in groups if g.data == data and g.finished])
+        if not dgroups:
+            continue
         cols = table_columns(dgroups)
         header = ["model", "seeds"] + [c.header for c in cols]
         rows = _rows(dgroups, cols)
@@ -220,7 +222,7 @@ def write_report(runs_dir: str | Path, out: str | Path, *, title: str | None = N
     failed = [r for r in runs if r.status != "finished"]
     if failed:
         header = ["run", "model", "dataset", "seed", "status", "error"]
-        rows = [[r.name, r.label, r.data, str(r.seed), r.status, (r.error or "")[:300]] for r in failed]
+        rows = [[r.name, r.label, r.data, str(r.seed), r.status, (r.error or "")[:700]] for r in failed]
         md += ["## Runs that did not finish", "", _md_table(header, rows), ""]
         hb += ['<h2 class="fail">Runs that did not finish</h2>', _html_table(header, rows)]
 
