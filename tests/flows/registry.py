@@ -13,11 +13,24 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from cnf.flows.autoregressive import IAF, MAF, MaskedAffineAutoregressive
 from cnf.flows.base import Chain, Flow, Inverse
 from cnf.flows.continuous import CNF, FFJORD
-from cnf.flows.coupling import AffineCoupling, RealNVP, alternating_masks
+from cnf.flows.coupling import (
+    AffineCoupling,
+    ImageAffineCoupling,
+    RealNVP,
+    RealNVPImage,
+    alternating_masks,
+)
+from cnf.flows.elementwise import ElementwiseAffine, LeakyReLU, Logit, PiecewiseLinear, Sigmoid
+from cnf.flows.glow import Glow, InvertibleConv1x1
+from cnf.flows.linear import LULinear, RandomPermutation, Reverse
 from cnf.flows.multiscale import multiscale
+from cnf.flows.nice import NICE, AdditiveCoupling, DiagonalScaling
 from cnf.flows.normalization import ActNorm, MovingBatchNorm
+from cnf.flows.planar import Planar, PlanarFlow
+from cnf.flows.radial import Radial, RadialFlow
 from cnf.flows.residual import (
     ConvResidualFlow,
     IResNet,
@@ -25,6 +38,7 @@ from cnf.flows.residual import (
     ResidualFlow,
     lipschitz_mlp,
 )
+from cnf.flows.spline import NSF, RQSAutoregressive, RQSCoupling
 
 VECTOR_SHAPES = ((2,), (3,), (5,))
 
@@ -124,6 +138,79 @@ def _inverse(shape):
     return Inverse(_realnvp(shape))
 
 
+def _conv_coupling(mask):
+    from cnf.flows.image_coupling import ConvAffineCoupling
+
+    return lambda shape: perturb(ConvAffineCoupling(shape[0], mask, parity=1, hidden=8), 0.1)
+
+
+class _ImageContext(Flow):
+    """Test wrapper: a fixed image-shaped context (the same for every row) for couplings
+    conditioned pixel by pixel."""
+
+    def __init__(self, flow, shape, channels=2):
+        super().__init__()
+        self.flow = flow
+        g = torch.Generator().manual_seed(7)
+        self.register_buffer("ctx", torch.randn(1, channels, *shape[1:], generator=g))
+
+    def forward(self, x, context=None):
+        return self.flow(x, self.ctx.to(x).expand(x.shape[0], -1, -1, -1))
+
+    def inverse(self, z, context=None):
+        return self.flow.inverse(z, self.ctx.to(z).expand(z.shape[0], -1, -1, -1))
+
+
+def _conv_coupling_context(shape):
+    from cnf.flows.image_coupling import ConvAffineCoupling
+
+    return perturb(_ImageContext(ConvAffineCoupling(shape[0], "checkerboard", hidden=8,
+                                                    context_channels=2), shape), 0.1)
+
+
+def _unit_inputs(n, shape):
+    """Data in (0, 1), away from the ends (for Logit)."""
+    return 0.05 + 0.9 * torch.rand(n, *shape, dtype=torch.float64)
+
+
+def _wide_inputs(n, shape):
+    """Standard normal scaled by 2.5: a good share of entries beyond a spline bound of 2."""
+    return 2.5 * torch.randn(n, *shape, dtype=torch.float64)
+
+
+def _leaky_relu_chain(shape):
+    # leaky ReLU has no parameters; chain it with an affine map so the harness sees both signs
+    return perturb(Chain([ElementwiseAffine(shape), LeakyReLU(0.3), ElementwiseAffine(shape)]))
+
+
+def _planar(shape):
+    return perturb(PlanarFlow(shape[0], num_layers=4), scale=0.8)
+
+
+def _radial(shape):
+    return perturb(RadialFlow(shape[0], num_layers=4), scale=0.8)
+
+
+class _Conditional(Flow):
+    """Test wrapper: feeds a fixed context vector (the same for every row, so the
+    brute-force Jacobian of one row sees what the batch saw) through the conditional path.
+    That different contexts give different maps is tested per family."""
+
+    def __init__(self, flow, context_dim=3):
+        super().__init__()
+        self.flow = flow
+        g = torch.Generator().manual_seed(7)
+        self.register_buffer("ctx", torch.randn(1, context_dim, generator=g))
+
+    def forward(self, x, context=None):
+        return self.flow(x, self.ctx.expand(x.shape[0], -1))
+
+    def inverse(self, z, context=None):
+        return self.flow.inverse(z, self.ctx.expand(z.shape[0], -1))
+
+
+IMAGE_SHAPES = ((2, 4, 4),)
+
 CASES: dict[str, Case] = {
     "affine_coupling": Case(_coupling),
     "realnvp": Case(_realnvp),
@@ -136,8 +223,71 @@ CASES: dict[str, Case] = {
     "iresnet": Case(lambda s: perturb(IResNet(s[0], num_blocks=2, hidden=16)), inputs=_shifted_inputs),
     "resflow": Case(lambda s: perturb(ResidualFlow(s[0], num_blocks=2, hidden=16)), inputs=_shifted_inputs),
     "conv_resflow": Case(lambda s: perturb(ConvResidualFlow(s, num_scales=2, blocks_per_scale=1, hidden=8)), shapes=((1, 4, 4), (2, 4, 4))),
+    "conv_coupling_checkerboard": Case(_conv_coupling("checkerboard"), shapes=((1, 4, 4), (2, 3, 3))),
+    "conv_coupling_channel": Case(_conv_coupling("channel"), shapes=((2, 3, 3), (3, 2, 2))),
+    "conv_coupling_image_context": Case(_conv_coupling_context, shapes=((1, 4, 4), (2, 3, 3))),
     "moving_batchnorm": Case(_moving_bn, inputs=_shifted_inputs),
     "cnf": Case(_cnf, shapes=((2,), (3,))),
     "cnf_hutchinson_learned_T": Case(_cnf_hutch_T, shapes=((2,),)),
     "ffjord": Case(_ffjord, shapes=((2,), (3,)), inputs=_shifted_inputs),
+    # elementwise
+    "elementwise_affine": Case(lambda s: perturb(ElementwiseAffine(s)), shapes=((3,), (2, 3, 3))),
+    "leaky_relu": Case(_leaky_relu_chain),
+    "piecewise_linear": Case(lambda s: perturb(PiecewiseLinear(s, bins=5, bound=2.0), scale=1.0),
+                             inputs=_wide_inputs),
+    # Logit has no parameters; the affine map after it gives the gradient test something to check
+    "logit": Case(lambda s: perturb(Chain([Logit(alpha=0.05), ElementwiseAffine(s)])),
+                  shapes=((2,), (1, 2, 2)), inputs=_unit_inputs),
+    "sigmoid": Case(lambda s: Chain([ElementwiseAffine(s), Sigmoid()])),
+    # linear
+    "lu_linear": Case(lambda s: perturb(LULinear(s[0]))),
+    "permutations": Case(lambda s: perturb(Chain([RandomPermutation(s[0], seed=3),
+                                                  ElementwiseAffine(s), Reverse(s[0])]))),
+    # planar / radial (numerical or closed-form inverses in float64)
+    "planar": Case(_planar, inverse_atol=1e-9),
+    "radial": Case(_radial),
+    "planar_amortized": Case(lambda s: perturb(_Conditional(Planar(s[0], context_dim=3)), 0.8),
+                             inverse_atol=1e-9),
+    "radial_amortized": Case(lambda s: perturb(_Conditional(Radial(s[0], context_dim=3)), 0.8)),
+    # NICE
+    "volume_preserving_additive_coupling": Case(
+        lambda s: perturb(AdditiveCoupling(s[0], alternating_masks(s[0], 1)[0], hidden=16))),
+    "nice": Case(lambda s: perturb(NICE(s[0], num_layers=4, hidden=16))),
+    "diagonal_scaling": Case(lambda s: perturb(DiagonalScaling(s[0]))),
+    # autoregressive
+    "maf_layer": Case(lambda s: perturb(MaskedAffineAutoregressive(s[0], hidden=(16, 16)))),
+    "maf": Case(lambda s: perturb(MAF(s[0], num_transforms=3, hidden=(16, 16)))),
+    "iaf": Case(lambda s: perturb(IAF(s[0], num_transforms=3, hidden=(16, 16)))),
+    "iaf_conditional": Case(lambda s: perturb(_Conditional(IAF(s[0], 2, (16, 16), context_dim=3)))),
+    "maf_conditional": Case(lambda s: perturb(_Conditional(MAF(s[0], 2, (16, 16), context_dim=3)))),
+    # neural spline flows; bound 2 so the wide inputs exercise the linear tails too
+    "nsf_autoregressive_layer": Case(
+        lambda s: perturb(RQSAutoregressive(s[0], bins=6, bound=2.0, hidden=(16, 16))),
+        inputs=_wide_inputs),
+    "nsf_autoregressive": Case(
+        lambda s: perturb(NSF(s[0], num_transforms=3, bins=6, bound=2.0, hidden=(16, 16))),
+        inputs=_wide_inputs),
+    "nsf_coupling": Case(
+        lambda s: perturb(NSF(s[0], num_transforms=3, bins=6, bound=2.0, hidden=(16,),
+                              autoregressive=False)),
+        inputs=_wide_inputs),
+    "nsf_conditional": Case(
+        lambda s: perturb(_Conditional(Chain([
+            RQSAutoregressive(s[0], bins=4, bound=2.0, hidden=(16, 16), context_dim=3),
+            RQSCoupling(s[0], alternating_masks(s[0], 1)[0], bins=4, bound=2.0, hidden=16,
+                        context_dim=3)]))),
+        inputs=_wide_inputs),
+    # images
+    "checkerboard_coupling": Case(
+        lambda s: perturb(ImageAffineCoupling(s[0], "checkerboard", hidden=8), 0.1),
+        shapes=IMAGE_SHAPES),
+    "channel_coupling": Case(
+        lambda s: perturb(ImageAffineCoupling(s[0], "channel", parity=1, hidden=8, scale="sigmoid"), 0.1),
+        shapes=IMAGE_SHAPES),
+    "realnvp_image": Case(lambda s: perturb(RealNVPImage(s, scales=2, hidden=8), 0.05),
+                          shapes=((1, 4, 4), (2, 4, 4))),
+    "invertible_conv1x1": Case(lambda s: perturb(InvertibleConv1x1(s[0])), shapes=IMAGE_SHAPES),
+    "glow_image": Case(lambda s: perturb(Glow(s, scales=2, steps=2, hidden=8), 0.05),
+                       shapes=IMAGE_SHAPES, inputs=_shifted_inputs),
+    "glow_vector": Case(lambda s: perturb(Glow(s[0], steps=3, hidden=16)), inputs=_shifted_inputs),
 }
