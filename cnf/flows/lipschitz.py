@@ -114,6 +114,7 @@ class SpectralNorm(nn.Module):
         #: iterations used by the last refresh (0 when the stored vectors had converged)
         self.last_iters = 0
         self._warned = False
+        self._cache: tuple | None = None
 
     # -- operator ------------------------------------------------------------------------
     def _matrix(self, weight: Tensor) -> Tensor | None:
@@ -228,7 +229,16 @@ class SpectralNorm(nn.Module):
     def _weight_for_forward(self) -> Tensor:
         if self.training:
             self.refresh()
-        return self.normalized_weight()
+            return self.normalized_weight()
+        if torch.is_grad_enabled():
+            return self.normalized_weight()
+        # evaluation without autograd (e.g. the fixed-point iterations of an inverse): the
+        # normalized weight is a function of (weight, u, v) only, so reuse it until one changes
+        key = (self.weight._version, self.weight.data_ptr(), self.u._version, self.v._version,
+               self.u.data_ptr(), self.weight.dtype)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.normalized_weight())
+        return self._cache[1]
 
     # -- diagnostics ---------------------------------------------------------------------
     @torch.no_grad()

@@ -181,3 +181,29 @@ def test_errors_name_the_fix():
     conv = SpectralConv2d(1, 2, 3, input_size=(4, 4))
     with pytest.raises(ShapeError, match="image size"):
         conv(torch.randn(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize("layer", ["dense", "conv"])
+def test_eval_weight_cache_follows_updates(layer):
+    """Without autograd in eval mode the normalized weight is cached; an in-place update of
+    the weight or a state-dict load must invalidate it."""
+    torch.manual_seed(0)
+    if layer == "dense":
+        m, x = SpectralLinear(3, 5, coeff=0.5).double(), torch.randn(4, 3, dtype=torch.float64)
+    else:
+        m = SpectralConv2d(1, 2, 3, (4, 4), coeff=0.5).double()
+        x = torch.randn(4, 1, 4, 4, dtype=torch.float64)
+    m.eval()
+    with torch.no_grad():
+        y0 = m(x)
+        m.weight.mul_(3.0)
+        m.bias.add_(1.0)
+        y1 = m(x)
+    torch.testing.assert_close(y1, m(x).detach())  # the uncached (grad-enabled) path
+    assert not torch.allclose(y0, y1)
+    fresh = type(m)(3, 5, coeff=0.5) if layer == "dense" else SpectralConv2d(1, 2, 3, (4, 4), coeff=0.5)
+    fresh = fresh.double().eval()
+    with torch.no_grad():
+        fresh(x)
+        fresh.load_state_dict(m.state_dict())
+        torch.testing.assert_close(fresh(x), y1)
