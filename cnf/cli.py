@@ -1,16 +1,26 @@
-"""The ``cnf`` command: Lightning CLI subcommands ``fit | validate | test | predict``.
+"""The ``cnf`` command: Lightning CLI subcommands ``fit | validate | test | predict``, plus
+``compare`` (run an experiment suite, :mod:`cnf.compare`) and ``report`` (comparison report
+from finished runs, :mod:`cnf.report`).
 
     cnf fit --config configs/experiment/toy_realnvp.yaml --trainer.max_steps 1000
     cnf fit --config configs/experiment/toy_realnvp.yaml --print_config
+    cnf compare experiments/toy.yaml --max-steps 500
+    cnf report runs/toy --out reports/toy
 
 Every run writes to ``runs/<experiment>/<run name>/``: ``config.yaml`` (resolved),
 ``checkpoints/{best,last}.ckpt``, ``metrics.csv``, ``summary.json``, ``plots/`` and, unless
 W&B is disabled, ``wandb/``. The ``run`` group of options names and places the run::
 
     --run.experiment NAME   (default: the stem of the last --config file)
-    --run.name NAME         (default: a timestamp; validate/test/predict with --ckpt_path
-                             inside a run directory write into that run)
+    --run.name NAME         (default: $CNF_RUN_NAME, else a timestamp; validate/test/predict
+                             with --ckpt_path inside a run directory write into that run)
     --run.wandb offline|online|disabled   (WANDB_MODE=disabled in the environment wins)
+    --run.progress auto|bar|lines|none    (auto: a bar on a terminal, else compact lines)
+
+Multi-process runs (``--trainer.strategy ddp --trainer.devices N``) name the run once: the
+first process exports ``CNF_RUN_NAME`` before Lightning starts the others. Under torchrun or
+SLURM, where every process starts on its own, the name comes from ``TORCHELASTIC_RUN_ID`` or
+``SLURM_JOB_ID`` (or set ``--run.name`` / ``CNF_RUN_NAME`` on every process).
 
 Errors a user can cause end with ``cnf: error: <what to change>`` and exit status 2; set
 ``CNF_DEBUG=1`` for the full traceback.
@@ -19,6 +29,7 @@ Errors a user can cause end with ``cnf: error: <what to change>`` and exit statu
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 import sys
 import warnings
@@ -27,15 +38,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from cnf.errors import CNFError, ConfigError
 from cnf.lightning.callbacks import DensityPlot2D, RunSummary
+from cnf.lightning.progress import ElapsedTime, LineProgressBar
 
-__all__ = ["CNFCLI", "RunOptions", "run", "main"]
+__all__ = ["CNFCLI", "RunOptions", "run", "main", "default_run_name", "SUBCOMMANDS"]
 
+class _DropAdvertising(logging.Filter):
+    """Lightning logs a 'try litlogger' tip on every run; keep logs about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertising())
 warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
@@ -59,7 +79,11 @@ class RunOptions:
         monitor_mode: ``min`` or ``max``.
         test_after_fit: after ``fit``, run ``test`` with the best checkpoint.
         plot_every_n_val: also plot 2D densities every that many validations (0: at the end).
-        progress_refresh: progress-bar refresh interval in steps (keeps CI logs short).
+        progress: ``bar`` (the trainer's TQDM bar), ``lines`` (one line every
+            ``progress_every`` steps: loss, NFE, validation metric, ETA; for logs and CI),
+            ``none``, or ``auto``: a bar when stdout is a terminal, else lines.
+        progress_every: steps between progress lines (0: about 20 lines per run, and at
+            least one every 30 s).
     """
 
     experiment: str | None = None
@@ -73,7 +97,44 @@ class RunOptions:
     monitor_mode: Literal["min", "max"] = "min"
     test_after_fit: bool = True
     plot_every_n_val: int = 0
-    progress_refresh: int = 50
+    progress: Literal["auto", "bar", "lines", "none"] = "auto"
+    progress_every: int = 0
+
+
+def default_run_name(env: dict[str, str] | None = None) -> str:
+    """The run name when ``--run.name`` is not given; identical on every process of a run.
+
+    ``CNF_RUN_NAME`` when set by the user, or by the parent process that started this one
+    (Lightning's DDP launcher re-runs the command line with the parent's environment);
+    under torchrun / SLURM with several processes, ``torchrun-<TORCHELASTIC_RUN_ID>`` or
+    ``slurm-<SLURM_JOB_ID>[.<SLURM_STEP_ID>]``; otherwise a new timestamp, exported as
+    ``CNF_RUN_NAME`` for the processes Lightning is about to start.
+
+    Raises:
+        ConfigError: several independently started processes and no shared id to agree on.
+    """
+    env = os.environ if env is None else env
+    name, owner = env.get("CNF_RUN_NAME"), env.get("CNF_RUN_NAME_OWNER")
+    if name and (owner is None or owner == str(os.getppid())):
+        return name
+    world = int(env.get("WORLD_SIZE") or 1)
+    slurm_tasks = int(env.get("SLURM_NTASKS") or 1)
+    if world > 1 or slurm_tasks > 1:
+        rid = env.get("TORCHELASTIC_RUN_ID")
+        if rid and rid != "none":
+            return f"torchrun-{rid}"
+        if env.get("SLURM_JOB_ID"):
+            step = env.get("SLURM_STEP_ID")
+            return f"slurm-{env['SLURM_JOB_ID']}" + (f".{step}" if step else "")
+        raise ConfigError(
+            f"this is one of {max(world, slurm_tasks)} processes started independently, and "
+            "they must agree on the run directory: pass the same --run.name NAME (or "
+            "CNF_RUN_NAME=NAME) to every process, or start torchrun with --rdzv-id")
+    name = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")[:-3]
+    if env is os.environ:
+        os.environ["CNF_RUN_NAME"] = name
+        os.environ["CNF_RUN_NAME_OWNER"] = str(os.getpid())
+    return name
 
 
 class _SaveConfig(SaveConfigCallback):
@@ -119,7 +180,7 @@ class CNFCLI(LightningCLI):
             if parent.name == "checkpoints" and (parent.parent / "config.yaml").exists():
                 run_root, self.run_name = parent.parent.parent, parent.parent.name
         if self.run_name is None:
-            self.run_name = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")[:-3]
+            self.run_name = default_run_name()
         self.run_dir = run_root / self.run_name
         self.run_opts = opts
         self.cfg = cfg
@@ -165,10 +226,10 @@ class CNFCLI(LightningCLI):
             loggers.append(wb)
         config["logger"] = loggers
         config["default_root_dir"] = str(self.run_dir)
-        extra = [RunSummary(), DensityPlot2D(every_n_val_epochs=self.run_opts.plot_every_n_val)]
-        has_bar = any(isinstance(c, ProgressBar) for c in callbacks + list(config.get("callbacks") or []))
-        if config.get("enable_progress_bar") is not False and not has_bar:
-            extra.append(TQDMProgressBar(refresh_rate=self.run_opts.progress_refresh))
+        extra = [RunSummary(), DensityPlot2D(every_n_val_epochs=self.run_opts.plot_every_n_val),
+                 ElapsedTime()]
+        config["callbacks"], config["enable_progress_bar"] = self._progress(
+            list(config.get("callbacks") or []), config.get("enable_progress_bar"))
         if self.subcommand == "fit":
             extra.append(ModelCheckpoint(
                 dirpath=str(self.run_dir / "checkpoints"), filename="best",
@@ -183,6 +244,20 @@ class CNFCLI(LightningCLI):
                 if isinstance(cb, RunSummary):
                     cb._path = lambda _t, d=self.run_dir: d / "summary.json"  # type: ignore[method-assign]
         return trainer
+
+    def _progress(self, callbacks: list, enabled: bool | None) -> tuple[list, bool | None]:
+        """Apply ``run.progress``: keep the configured bar, swap it for lines, or drop it."""
+        from lightning.pytorch.callbacks.progress import ProgressBar
+
+        mode = self.run_opts.progress
+        if mode == "auto":
+            mode = "bar" if sys.stdout.isatty() else "lines"
+        if enabled is False or mode == "bar":
+            return callbacks, enabled
+        rest = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
+        if mode == "none":
+            return rest, False
+        return rest + [LineProgressBar(every_n_steps=self.run_opts.progress_every or None)], enabled
 
     def after_fit(self) -> None:
         if self.run_opts.test_after_fit and not self.trainer.interrupted:
@@ -235,8 +310,37 @@ def run(args: list[str] | None = None, **kwargs: Any) -> CNFCLI:
         raise
 
 
+# subcommands of our own, dispatched before LightningCLI: name -> (module, help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "compare": ("cnf.compare", "run an experiment suite, then write its report"),
+    "report": ("cnf.report", "write a comparison report from finished runs"),
+}
+
+
+def _dispatch(name: str, argv: list[str]) -> None:
+    import importlib
+
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    try:
+        status = module.main(argv)
+    except CNFError as exc:
+        if os.environ.get("CNF_DEBUG"):
+            raise
+        print(f"cnf {name}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(status or 0)
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point ``cnf``."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in SUBCOMMANDS:
+        _dispatch(argv[0], argv[1:])
+    if argv and argv[0] in ("-h", "--help"):
+        print("cnf subcommands of our own (see `cnf <name> --help`):")
+        for name, (_, text) in SUBCOMMANDS.items():
+            print(f"  {name:10s} {text}")
+        print()
     if "OMP_NUM_THREADS" in os.environ:
         import torch
 

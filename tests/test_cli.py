@@ -142,3 +142,15 @@ def test_realnvp_reaches_target_nll_on_8gaussians(tmp_path):
     cli = run_cli(tmp_path, "fit", "toy_realnvp", "--trainer.max_steps", "1000",
                   "--run.test_after_fit", "false")
     assert summary(cli.run_dir)["metrics"]["val/nll"] <= 3.1
+
+
+def test_lr_scheduler_from_config_steps_every_step(tmp_path):
+    sched = tmp_path / "sched.yaml"
+    sched.write_text("model:\n  init_args:\n    lr_scheduler:\n"
+                     "      class_path: torch.optim.lr_scheduler.CosineAnnealingLR\n"
+                     "      init_args:\n        T_max: 20\n        eta_min: 0.0\n")
+    cli = run_cli(tmp_path, "fit", "toy_realnvp", "--config", str(sched),
+                  "--trainer.max_steps", "10", "--trainer.val_check_interval", "5",
+                  "--data.init_args.n_train", "2000", "--run.test_after_fit", "false")
+    lr = cli.trainer.optimizers[0].param_groups[0]["lr"]
+    assert abs(lr - 0.5e-3) < 1e-6  # cosine half way: (1 + cos(pi/2)) / 2 * 1e-3

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from cnf.flows.autoregressive import IAF, MAF, MaskedAffineAutoregressive
 from cnf.flows.base import Chain, Flow, Inverse
+from cnf.flows.continuous import CNF, FFJORD
 from cnf.flows.coupling import (
     AffineCoupling,
     ImageAffineCoupling,
@@ -27,9 +28,16 @@ from cnf.flows.glow import Glow, InvertibleConv1x1
 from cnf.flows.linear import LULinear, RandomPermutation, Reverse
 from cnf.flows.multiscale import multiscale
 from cnf.flows.nice import NICE, AdditiveCoupling, DiagonalScaling
-from cnf.flows.normalization import ActNorm
+from cnf.flows.normalization import ActNorm, MovingBatchNorm
 from cnf.flows.planar import Planar, PlanarFlow
 from cnf.flows.radial import Radial, RadialFlow
+from cnf.flows.residual import (
+    ConvResidualFlow,
+    IResNet,
+    ResidualBlock,
+    ResidualFlow,
+    lipschitz_mlp,
+)
 from cnf.flows.spline import NSF, RQSAutoregressive, RQSCoupling
 
 VECTOR_SHAPES = ((2,), (3,), (5,))
@@ -103,8 +111,61 @@ def _multiscale(shape):
                        _PixelAffine((4 * c, h // 4, w // 4))])
 
 
+# CNFs: float64, dopri5 at rtol = atol = 1e-10 and direct backprop, so the solved map is
+# accurate to ~1e-9 and its autograd Jacobian is the Jacobian of the solver's map
+_TIGHT = dict(hidden=(16, 16), rtol=1e-10, atol=1e-10, adjoint=False, eval_solver="dopri5")
+
+
+def _cnf(shape):
+    return perturb(CNF(shape[0], T=0.5, **_TIGHT), scale=0.2)
+
+
+def _cnf_hutch_T(shape):
+    return perturb(CNF(shape[0], T=0.4, train_T=True, divergence="hutchinson",
+                       probe="rademacher", layer_type="concat", act="softplus",
+                       divergence_impl="autograd", **_TIGHT), scale=0.2)
+
+
+def _ffjord(shape):
+    return perturb(FFJORD(shape[0], num_blocks=2, norm="batchnorm", T=0.3, **_TIGHT), scale=0.2)
+
+
+def _moving_bn(shape):
+    return perturb(MovingBatchNorm(shape[0]))
+
+
 def _inverse(shape):
     return Inverse(_realnvp(shape))
+
+
+def _conv_coupling(mask):
+    from cnf.flows.image_coupling import ConvAffineCoupling
+
+    return lambda shape: perturb(ConvAffineCoupling(shape[0], mask, parity=1, hidden=8), 0.1)
+
+
+class _ImageContext(Flow):
+    """Test wrapper: a fixed image-shaped context (the same for every row) for couplings
+    conditioned pixel by pixel."""
+
+    def __init__(self, flow, shape, channels=2):
+        super().__init__()
+        self.flow = flow
+        g = torch.Generator().manual_seed(7)
+        self.register_buffer("ctx", torch.randn(1, channels, *shape[1:], generator=g))
+
+    def forward(self, x, context=None):
+        return self.flow(x, self.ctx.to(x).expand(x.shape[0], -1, -1, -1))
+
+    def inverse(self, z, context=None):
+        return self.flow.inverse(z, self.ctx.to(z).expand(z.shape[0], -1, -1, -1))
+
+
+def _conv_coupling_context(shape):
+    from cnf.flows.image_coupling import ConvAffineCoupling
+
+    return perturb(_ImageContext(ConvAffineCoupling(shape[0], "checkerboard", hidden=8,
+                                                    context_channels=2), shape), 0.1)
 
 
 def _unit_inputs(n, shape):
@@ -157,6 +218,18 @@ CASES: dict[str, Case] = {
     "inverse": Case(_inverse),
     "actnorm": Case(_actnorm, shapes=((2,), (3,), (2, 3, 3)), inputs=_shifted_inputs),
     "multiscale": Case(_multiscale, shapes=((1, 4, 4), (2, 4, 4))),
+    "iresnet_block": Case(lambda s: perturb(ResidualBlock(lipschitz_mlp(s[0], 16, coeff=0.9, act="elu"), "series"))),
+    "resflow_block": Case(lambda s: perturb(ResidualBlock(lipschitz_mlp(s[0], 16, coeff=0.97), "roulette"))),
+    "iresnet": Case(lambda s: perturb(IResNet(s[0], num_blocks=2, hidden=16)), inputs=_shifted_inputs),
+    "resflow": Case(lambda s: perturb(ResidualFlow(s[0], num_blocks=2, hidden=16)), inputs=_shifted_inputs),
+    "conv_resflow": Case(lambda s: perturb(ConvResidualFlow(s, num_scales=2, blocks_per_scale=1, hidden=8)), shapes=((1, 4, 4), (2, 4, 4))),
+    "conv_coupling_checkerboard": Case(_conv_coupling("checkerboard"), shapes=((1, 4, 4), (2, 3, 3))),
+    "conv_coupling_channel": Case(_conv_coupling("channel"), shapes=((2, 3, 3), (3, 2, 2))),
+    "conv_coupling_image_context": Case(_conv_coupling_context, shapes=((1, 4, 4), (2, 3, 3))),
+    "moving_batchnorm": Case(_moving_bn, inputs=_shifted_inputs),
+    "cnf": Case(_cnf, shapes=((2,), (3,))),
+    "cnf_hutchinson_learned_T": Case(_cnf_hutch_T, shapes=((2,),)),
+    "ffjord": Case(_ffjord, shapes=((2,), (3,)), inputs=_shifted_inputs),
     # elementwise
     "elementwise_affine": Case(lambda s: perturb(ElementwiseAffine(s)), shapes=((3,), (2, 3, 3))),
     "leaky_relu": Case(_leaky_relu_chain),
