@@ -297,7 +297,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Any, Any]:
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningModule, "model")
     parser.add_subclass_arguments(L.LightningDataModule, "data")
-    init = parser.instantiate_classes(parser.parse_object({"model": cfg["model"],
+    init = parser.instantiate(parser.parse_object({"model": cfg["model"],
                                                            "data": cfg["data"]}))
     module, dm = init.model, init.data
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
