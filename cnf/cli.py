@@ -29,6 +29,7 @@ Errors a user can cause end with ``cnf: error: <what to change>`` and exit statu
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 import sys
 import warnings
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
@@ -47,6 +48,14 @@ from cnf.lightning.progress import ElapsedTime, LineProgressBar
 
 __all__ = ["CNFCLI", "RunOptions", "run", "main", "default_run_name", "SUBCOMMANDS"]
 
+class _DropAdvertising(logging.Filter):
+    """Lightning logs a 'try litlogger' tip on every run; keep logs about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertising())
 warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
@@ -70,9 +79,10 @@ class RunOptions:
         monitor_mode: ``min`` or ``max``.
         test_after_fit: after ``fit``, run ``test`` with the best checkpoint.
         plot_every_n_val: also plot 2D densities every that many validations (0: at the end).
-        progress: ``bar`` (the trainer's TQDM bar), ``lines`` (one line every
-            ``progress_every`` steps: loss, NFE, validation metric, ETA; for logs and CI),
-            ``none``, or ``auto``: a bar when stdout is a terminal, else lines.
+        progress: ``bar`` (a TQDM bar), ``lines`` (one line every ``progress_every`` steps:
+            loss, NFE, validation metric, ETA; for logs and CI), ``none``, or ``auto``: a bar
+            when stdout is a terminal, else lines.
+        progress_refresh: progress-bar refresh interval in steps (keeps CI logs short).
         progress_every: steps between progress lines (0: about 20 lines per run, and at
             least one every 30 s).
     """
@@ -89,6 +99,7 @@ class RunOptions:
     test_after_fit: bool = True
     plot_every_n_val: int = 0
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
+    progress_refresh: int = 50
     progress_every: int = 0
 
 
@@ -219,8 +230,9 @@ class CNFCLI(LightningCLI):
         config["default_root_dir"] = str(self.run_dir)
         extra = [RunSummary(), DensityPlot2D(every_n_val_epochs=self.run_opts.plot_every_n_val),
                  ElapsedTime()]
-        config["callbacks"], config["enable_progress_bar"] = self._progress(
-            list(config.get("callbacks") or []), config.get("enable_progress_bar"))
+        config["callbacks"], config["enable_progress_bar"], bar = self._progress(
+            list(config.get("callbacks") or []), callbacks, config.get("enable_progress_bar"))
+        extra += bar
         if self.subcommand == "fit":
             extra.append(ModelCheckpoint(
                 dirpath=str(self.run_dir / "checkpoints"), filename="best",
@@ -236,19 +248,24 @@ class CNFCLI(LightningCLI):
                     cb._path = lambda _t, d=self.run_dir: d / "summary.json"  # type: ignore[method-assign]
         return trainer
 
-    def _progress(self, callbacks: list, enabled: bool | None) -> tuple[list, bool | None]:
-        """Apply ``run.progress``: keep the configured bar, swap it for lines, or drop it."""
-        from lightning.pytorch.callbacks.progress import ProgressBar
-
+    def _progress(self, configured: list, given: list, enabled: bool | None
+                  ) -> tuple[list, bool | None, list]:
+        """Apply ``run.progress``: a TQDM bar (the configured one, else one refreshing every
+        ``progress_refresh`` steps), compact lines, or nothing. Returns the configured
+        callbacks to keep, ``enable_progress_bar`` and the progress callbacks to add."""
         mode = self.run_opts.progress
         if mode == "auto":
             mode = "bar" if sys.stdout.isatty() else "lines"
-        if enabled is False or mode == "bar":
-            return callbacks, enabled
-        rest = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
+        if enabled is False:
+            return configured, enabled, []
+        rest = [cb for cb in configured if not isinstance(cb, ProgressBar)]
+        if mode == "bar":
+            has_bar = any(isinstance(c, ProgressBar) for c in given + configured)
+            return configured, enabled, ([] if has_bar else
+                                         [TQDMProgressBar(refresh_rate=self.run_opts.progress_refresh)])
         if mode == "none":
-            return rest, False
-        return rest + [LineProgressBar(every_n_steps=self.run_opts.progress_every or None)], enabled
+            return rest, False, []
+        return rest, enabled, [LineProgressBar(every_n_steps=self.run_opts.progress_every or None)]
 
     def after_fit(self) -> None:
         if self.run_opts.test_after_fit and not self.trainer.interrupted:
@@ -287,10 +304,16 @@ def run(args: list[str] | None = None, **kwargs: Any) -> CNFCLI:
     kw.update(kwargs)
     try:
         return CNFCLI(args=args, **kw)
-    except ArgumentError as exc:
-        raise _config_error(exc) from exc
-    except (ValueError, TypeError) as exc:
-        if "jsonargparse" in type(exc).__module__ or "Problem with given class_path" in str(exc):
+    except CNFError:
+        raise
+    except Exception as exc:
+        # a cnf error raised while jsonargparse instantiated a class arrives wrapped
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, CNFError):
+                raise cause from None
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(exc, ArgumentError) or "jsonargparse" in type(exc).__module__:
             raise _config_error(exc) from exc
         raise
 

@@ -163,6 +163,12 @@ class ToyDataModule(TensorDataModule):
         offset = {"val": 1, "test": 2}[split]
         return sample(self.name, self.n_val if split == "val" else self.n_test, self.seed + offset)
 
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        if self.resample_every_epoch and self.trainer is not None:
+            # Lightning asks for the train loader once unless told to reload it every epoch
+            self.trainer.reload_dataloaders_every_n_epochs = 1
+
     def train_dataloader(self):
         if self.resample_every_epoch and self.trainer is not None:
             self.train_set = self.make_split("train", self.trainer.current_epoch)

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from cnf.errors import ConfigError
 
-__all__ = ["MLP", "activation"]
+__all__ = ["MLP", "ConvNet", "activation"]
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -60,3 +60,31 @@ class MLP(nn.Sequential):
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102 (typed passthrough)
         return super().forward(x)
+
+
+class ConvNet(nn.Sequential):
+    """Image conditioner ``[B, in, H, W] -> [B, out, H, W]``: a 3×3 convolution, ``depth - 1``
+    1×1 convolutions (each followed by the activation), and a 3×3 output convolution, as in
+    Glow's coupling networks. ``zero_init_last`` makes a coupling start as the identity.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int = 64,
+        depth: int = 2,
+        act: str = "relu",
+        zero_init_last: bool = True,
+    ):
+        if depth < 1:
+            raise ConfigError(f"ConvNet needs depth >= 1, got {depth}")
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, hidden, 3, padding=1), activation(act)]
+        for _ in range(depth - 1):
+            layers += [nn.Conv2d(hidden, hidden, 1), activation(act)]
+        last = nn.Conv2d(hidden, out_channels, 3, padding=1)
+        if zero_init_last:
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        layers.append(last)
+        super().__init__(*layers)

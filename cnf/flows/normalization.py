@@ -1,4 +1,5 @@
-"""Normalization flows: ActNorm (Kingma & Dhariwal, 2018, "Glow").
+"""Normalization flows: ActNorm (Kingma & Dhariwal, 2018, "Glow") and FFJORD's moving
+batch norm (Grathwohl et al., 2019).
 
 ActNorm is a per-channel affine map ``z = (x + b) · exp(s)``, whose parameters are set from
 the first batch it sees so that ``z`` has zero mean and unit variance per channel. The
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 
 from cnf.flows.base import Flow
 
-__all__ = ["ActNorm"]
+__all__ = ["ActNorm", "MovingBatchNorm"]
 
 
 class ActNorm(Flow):
@@ -64,3 +65,67 @@ class ActNorm(Flow):
         x = z * torch.exp(-self._view(self.log_scale, z)) - self._view(self.bias, z)
         logdet = -self.log_scale.sum() * self._spatial(z)
         return x, logdet.expand(z.shape[0])
+
+
+class MovingBatchNorm(Flow):
+    """FFJORD's ``MovingBatchNorm1d`` for vectors ``[B, D]``: normalize with running
+    statistics, then an affine map::
+
+        z = (x - m) / sqrt(v + eps) · exp(w) + b,    log|det| = Σ (w - ½ log(v + eps))
+
+    ``m, v`` are the running mean and variance, updated from every training batch as
+    ``m ← m - decay (m - mean(x))``. With ``bn_lag = 0`` (FFJORD's default) training uses
+    the running statistics *before* the update, so samples stay independent; with
+    ``bn_lag > 0`` it uses a debiased lagged mix of batch and running statistics (and
+    gradients flow through the batch statistics). ``inverse`` always uses the running
+    statistics, so ``forward`` and ``inverse`` are exact inverses in eval mode (or with
+    ``bn_lag = 0`` between updates). Both directions are cheap.
+
+    Example::
+
+        >>> bn = MovingBatchNorm(2)
+        >>> z, logdet = bn(torch.randn(100, 2) * 3)   # updates the running statistics
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-4, decay: float = 0.1,
+                 bn_lag: float = 0.0):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.decay = decay
+        self.bn_lag = bn_lag
+        self.weight = nn.Parameter(torch.zeros(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("step", torch.zeros(()))
+
+    def _view(self, p: Tensor, x: Tensor) -> Tensor:
+        return p.view(1, -1, *([1] * (x.dim() - 2)))
+
+    def _spatial(self, x: Tensor) -> int:
+        return int(x[0, 0].numel())
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        mean = self.running_mean.clone()
+        var = self.running_var.clone()
+        if self.training:
+            flat = x.transpose(0, 1).reshape(self.num_features, -1)
+            batch_mean, batch_var = flat.mean(1), flat.var(1)
+            if self.bn_lag > 0:
+                debias = 1.0 - self.bn_lag ** (self.step + 1)
+                mean = (batch_mean - (1 - self.bn_lag) * (batch_mean - mean)) / debias
+                var = (batch_var - (1 - self.bn_lag) * (batch_var - var)) / debias
+            with torch.no_grad():
+                self.running_mean -= self.decay * (self.running_mean - batch_mean.detach())
+                self.running_var -= self.decay * (self.running_var - batch_var.detach())
+                self.step += 1
+        log_scale = self.weight - 0.5 * torch.log(var + self.eps)
+        z = (x - self._view(mean, x)) * torch.exp(self._view(log_scale, x)) + self._view(self.bias, x)
+        return z, (log_scale.sum() * self._spatial(x)).expand(x.shape[0])
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        log_scale = self.weight - 0.5 * torch.log(self.running_var + self.eps)
+        x = (z - self._view(self.bias, z)) * torch.exp(-self._view(log_scale, z))
+        x = x + self._view(self.running_mean, z)
+        return x, (-log_scale.sum() * self._spatial(z)).expand(z.shape[0])

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable as SchedulerFactory
+from lightning.pytorch.cli import OptimizerCallable as OptimizerFactory
 from torch import Tensor
 
 from cnf.distributions import Density
@@ -16,9 +18,6 @@ from cnf.errors import NonFiniteError
 from cnf.flows.base import exact_logdet, gather
 
 __all__ = ["DensityEstimation"]
-
-OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
 def _adam(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:

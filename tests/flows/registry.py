@@ -13,10 +13,32 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from cnf.flows.autoregressive import IAF, MAF, MaskedAffineAutoregressive
 from cnf.flows.base import Chain, Flow, Inverse
-from cnf.flows.coupling import AffineCoupling, RealNVP, alternating_masks
+from cnf.flows.continuous import CNF, FFJORD
+from cnf.flows.coupling import (
+    AffineCoupling,
+    ImageAffineCoupling,
+    RealNVP,
+    RealNVPImage,
+    alternating_masks,
+)
+from cnf.flows.elementwise import ElementwiseAffine, LeakyReLU, Logit, PiecewiseLinear, Sigmoid
+from cnf.flows.glow import Glow, InvertibleConv1x1
+from cnf.flows.linear import LULinear, RandomPermutation, Reverse
 from cnf.flows.multiscale import multiscale
-from cnf.flows.normalization import ActNorm
+from cnf.flows.nice import NICE, AdditiveCoupling, DiagonalScaling
+from cnf.flows.normalization import ActNorm, MovingBatchNorm
+from cnf.flows.planar import Planar, PlanarFlow
+from cnf.flows.radial import Radial, RadialFlow
+from cnf.flows.residual import (
+    ConvResidualFlow,
+    IResNet,
+    ResidualBlock,
+    ResidualFlow,
+    lipschitz_mlp,
+)
+from cnf.flows.spline import NSF, RQSAutoregressive, RQSCoupling
 
 VECTOR_SHAPES = ((2,), (3,), (5,))
 
@@ -89,9 +111,75 @@ def _multiscale(shape):
                        _PixelAffine((4 * c, h // 4, w // 4))])
 
 
+# CNFs: float64, dopri5 at rtol = atol = 1e-10 and direct backprop, so the solved map is
+# accurate to ~1e-9 and its autograd Jacobian is the Jacobian of the solver's map
+_TIGHT = dict(hidden=(16, 16), rtol=1e-10, atol=1e-10, adjoint=False, eval_solver="dopri5")
+
+
+def _cnf(shape):
+    return perturb(CNF(shape[0], T=0.5, **_TIGHT), scale=0.2)
+
+
+def _cnf_hutch_T(shape):
+    return perturb(CNF(shape[0], T=0.4, train_T=True, divergence="hutchinson",
+                       probe="rademacher", layer_type="concat", act="softplus",
+                       divergence_impl="autograd", **_TIGHT), scale=0.2)
+
+
+def _ffjord(shape):
+    return perturb(FFJORD(shape[0], num_blocks=2, norm="batchnorm", T=0.3, **_TIGHT), scale=0.2)
+
+
+def _moving_bn(shape):
+    return perturb(MovingBatchNorm(shape[0]))
+
+
 def _inverse(shape):
     return Inverse(_realnvp(shape))
 
+
+def _unit_inputs(n, shape):
+    """Data in (0, 1), away from the ends (for Logit)."""
+    return 0.05 + 0.9 * torch.rand(n, *shape, dtype=torch.float64)
+
+
+def _wide_inputs(n, shape):
+    """Standard normal scaled by 2.5: a good share of entries beyond a spline bound of 2."""
+    return 2.5 * torch.randn(n, *shape, dtype=torch.float64)
+
+
+def _leaky_relu_chain(shape):
+    # leaky ReLU has no parameters; chain it with an affine map so the harness sees both signs
+    return perturb(Chain([ElementwiseAffine(shape), LeakyReLU(0.3), ElementwiseAffine(shape)]))
+
+
+def _planar(shape):
+    return perturb(PlanarFlow(shape[0], num_layers=4), scale=0.8)
+
+
+def _radial(shape):
+    return perturb(RadialFlow(shape[0], num_layers=4), scale=0.8)
+
+
+class _Conditional(Flow):
+    """Test wrapper: feeds a fixed context vector (the same for every row, so the
+    brute-force Jacobian of one row sees what the batch saw) through the conditional path.
+    That different contexts give different maps is tested per family."""
+
+    def __init__(self, flow, context_dim=3):
+        super().__init__()
+        self.flow = flow
+        g = torch.Generator().manual_seed(7)
+        self.register_buffer("ctx", torch.randn(1, context_dim, generator=g))
+
+    def forward(self, x, context=None):
+        return self.flow(x, self.ctx.expand(x.shape[0], -1))
+
+    def inverse(self, z, context=None):
+        return self.flow.inverse(z, self.ctx.expand(z.shape[0], -1))
+
+
+IMAGE_SHAPES = ((2, 4, 4),)
 
 CASES: dict[str, Case] = {
     "affine_coupling": Case(_coupling),
@@ -100,4 +188,73 @@ CASES: dict[str, Case] = {
     "inverse": Case(_inverse),
     "actnorm": Case(_actnorm, shapes=((2,), (3,), (2, 3, 3)), inputs=_shifted_inputs),
     "multiscale": Case(_multiscale, shapes=((1, 4, 4), (2, 4, 4))),
+    "iresnet_block": Case(lambda s: perturb(ResidualBlock(lipschitz_mlp(s[0], 16, coeff=0.9, act="elu"), "series"))),
+    "resflow_block": Case(lambda s: perturb(ResidualBlock(lipschitz_mlp(s[0], 16, coeff=0.97), "roulette"))),
+    "iresnet": Case(lambda s: perturb(IResNet(s[0], num_blocks=2, hidden=16)), inputs=_shifted_inputs),
+    "resflow": Case(lambda s: perturb(ResidualFlow(s[0], num_blocks=2, hidden=16)), inputs=_shifted_inputs),
+    "conv_resflow": Case(lambda s: perturb(ConvResidualFlow(s, num_scales=2, blocks_per_scale=1, hidden=8)), shapes=((1, 4, 4), (2, 4, 4))),
+    "moving_batchnorm": Case(_moving_bn, inputs=_shifted_inputs),
+    "cnf": Case(_cnf, shapes=((2,), (3,))),
+    "cnf_hutchinson_learned_T": Case(_cnf_hutch_T, shapes=((2,),)),
+    "ffjord": Case(_ffjord, shapes=((2,), (3,)), inputs=_shifted_inputs),
+    # elementwise
+    "elementwise_affine": Case(lambda s: perturb(ElementwiseAffine(s)), shapes=((3,), (2, 3, 3))),
+    "leaky_relu": Case(_leaky_relu_chain),
+    "piecewise_linear": Case(lambda s: perturb(PiecewiseLinear(s, bins=5, bound=2.0), scale=1.0),
+                             inputs=_wide_inputs),
+    # Logit has no parameters; the affine map after it gives the gradient test something to check
+    "logit": Case(lambda s: perturb(Chain([Logit(alpha=0.05), ElementwiseAffine(s)])),
+                  shapes=((2,), (1, 2, 2)), inputs=_unit_inputs),
+    "sigmoid": Case(lambda s: Chain([ElementwiseAffine(s), Sigmoid()])),
+    # linear
+    "lu_linear": Case(lambda s: perturb(LULinear(s[0]))),
+    "permutations": Case(lambda s: perturb(Chain([RandomPermutation(s[0], seed=3),
+                                                  ElementwiseAffine(s), Reverse(s[0])]))),
+    # planar / radial (numerical or closed-form inverses in float64)
+    "planar": Case(_planar, inverse_atol=1e-9),
+    "radial": Case(_radial),
+    "planar_amortized": Case(lambda s: perturb(_Conditional(Planar(s[0], context_dim=3)), 0.8),
+                             inverse_atol=1e-9),
+    "radial_amortized": Case(lambda s: perturb(_Conditional(Radial(s[0], context_dim=3)), 0.8)),
+    # NICE
+    "volume_preserving_additive_coupling": Case(
+        lambda s: perturb(AdditiveCoupling(s[0], alternating_masks(s[0], 1)[0], hidden=16))),
+    "nice": Case(lambda s: perturb(NICE(s[0], num_layers=4, hidden=16))),
+    "diagonal_scaling": Case(lambda s: perturb(DiagonalScaling(s[0]))),
+    # autoregressive
+    "maf_layer": Case(lambda s: perturb(MaskedAffineAutoregressive(s[0], hidden=(16, 16)))),
+    "maf": Case(lambda s: perturb(MAF(s[0], num_transforms=3, hidden=(16, 16)))),
+    "iaf": Case(lambda s: perturb(IAF(s[0], num_transforms=3, hidden=(16, 16)))),
+    "iaf_conditional": Case(lambda s: perturb(_Conditional(IAF(s[0], 2, (16, 16), context_dim=3)))),
+    "maf_conditional": Case(lambda s: perturb(_Conditional(MAF(s[0], 2, (16, 16), context_dim=3)))),
+    # neural spline flows; bound 2 so the wide inputs exercise the linear tails too
+    "nsf_autoregressive_layer": Case(
+        lambda s: perturb(RQSAutoregressive(s[0], bins=6, bound=2.0, hidden=(16, 16))),
+        inputs=_wide_inputs),
+    "nsf_autoregressive": Case(
+        lambda s: perturb(NSF(s[0], num_transforms=3, bins=6, bound=2.0, hidden=(16, 16))),
+        inputs=_wide_inputs),
+    "nsf_coupling": Case(
+        lambda s: perturb(NSF(s[0], num_transforms=3, bins=6, bound=2.0, hidden=(16,),
+                              autoregressive=False)),
+        inputs=_wide_inputs),
+    "nsf_conditional": Case(
+        lambda s: perturb(_Conditional(Chain([
+            RQSAutoregressive(s[0], bins=4, bound=2.0, hidden=(16, 16), context_dim=3),
+            RQSCoupling(s[0], alternating_masks(s[0], 1)[0], bins=4, bound=2.0, hidden=16,
+                        context_dim=3)]))),
+        inputs=_wide_inputs),
+    # images
+    "checkerboard_coupling": Case(
+        lambda s: perturb(ImageAffineCoupling(s[0], "checkerboard", hidden=8), 0.1),
+        shapes=IMAGE_SHAPES),
+    "channel_coupling": Case(
+        lambda s: perturb(ImageAffineCoupling(s[0], "channel", parity=1, hidden=8, scale="sigmoid"), 0.1),
+        shapes=IMAGE_SHAPES),
+    "realnvp_image": Case(lambda s: perturb(RealNVPImage(s, scales=2, hidden=8), 0.05),
+                          shapes=((1, 4, 4), (2, 4, 4))),
+    "invertible_conv1x1": Case(lambda s: perturb(InvertibleConv1x1(s[0])), shapes=IMAGE_SHAPES),
+    "glow_image": Case(lambda s: perturb(Glow(s, scales=2, steps=2, hidden=8), 0.05),
+                       shapes=IMAGE_SHAPES, inputs=_shifted_inputs),
+    "glow_vector": Case(lambda s: perturb(Glow(s[0], steps=3, hidden=16)), inputs=_shifted_inputs),
 }

@@ -1,0 +1,391 @@
+"""Solving the augmented CNF ODE with torchdiffeq, with NFE counting and loud failures.
+
+The state is ``[z, a, (R_KE), (R_JF)]`` with (Chen et al., 2018; Grathwohl et al., 2019;
+Finlay et al., 2020)::
+
+    dz/dt    = f(t, z)
+    da/dt    = -tr(∂f/∂z)          a = Δlog p, starts at 0
+    dR_KE/dt = ‖f‖²                 kinetic energy (optional)
+    dR_JF/dt = ‖∂f/∂z‖²_F          Jacobian Frobenius norm (optional)
+
+Time is rescaled, ``t = s·T`` with ``s ∈ [0, 1]``, so the end time ``T`` is an ordinary
+parameter of the dynamics (``dz/ds = T f(sT, z)``): its gradient is exact under both the
+adjoint and direct backpropagation. (FFJORD's ``train_T`` puts T into ``torch.tensor``,
+which detaches it; it never learns.)
+
+Every solve has an NFE budget and a minimum step. Exceeding either, or a non-finite state,
+raises :class:`cnf.errors.SolverError` naming the step, the time reached and the NFE so
+far; torchdiffeq's own checks are ``assert`` statements (gone under ``python -O``), so they
+are not relied on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torchdiffeq
+from torch import Tensor, nn
+from torchdiffeq._impl.odeint import SOLVERS
+
+from cnf.errors import ConfigError, SolverError
+from cnf.ode.divergence import (
+    divergence_exact,
+    divergence_from_jvp,
+    divergence_hutchinson,
+    sample_probes,
+)
+
+__all__ = ["SolverConfig", "NFECounter", "odeint_cnf", "ADAPTIVE_SOLVERS", "FIXED_SOLVERS"]
+
+ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+FIXED_SOLVERS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams",
+                 "fixed_adams")
+assert set(ADAPTIVE_SOLVERS + FIXED_SOLVERS) <= set(SOLVERS)
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """How to solve one ODE.
+
+    Args:
+        method: a torchdiffeq solver: adaptive (``dopri5``, ``dopri8``, ``bosh3``,
+            ``fehlberg2``, ``adaptive_heun``) or fixed-step (``rk4``, ``euler``, ``midpoint``...).
+        rtol, atol: tolerances of adaptive solvers.
+        step_size: step of fixed-step solvers, in units of t (the grid has
+            ``ceil(T / step_size)`` equal steps).
+        adjoint: backpropagate with the adjoint ODE (``odeint_adjoint``, O(1) memory, a
+            second solve) instead of through the solver's operations (``odeint``).
+        adjoint_seminorm: step control of the adjoint solve ignores the parameter adjoints
+            (Kidger et al., 2021; fewer backward NFE).
+        max_nfe: function evaluations allowed per solve (forward and adjoint separately).
+        min_step: smallest step (in units of t) an adaptive solver may take.
+    """
+
+    method: str = "dopri5"
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    step_size: float | None = None
+    adjoint: bool = True
+    adjoint_seminorm: bool = False
+    max_nfe: int = 5000
+    min_step: float = 1e-9
+
+    def __post_init__(self) -> None:
+        if self.method not in ADAPTIVE_SOLVERS + FIXED_SOLVERS:
+            raise ConfigError(
+                f"unknown ODE solver {self.method!r}; choose one of "
+                f"{list(ADAPTIVE_SOLVERS + FIXED_SOLVERS)}"
+            )
+        if self.fixed and (self.step_size is None or self.step_size <= 0):
+            raise ConfigError(
+                f"the fixed-step solver {self.method!r} needs a positive step_size "
+                f"(e.g. step_size: 0.125), or pick an adaptive solver such as dopri5"
+            )
+        if not self.fixed and not (self.rtol > 0 and self.atol > 0):
+            raise ConfigError(f"rtol and atol must be positive, got {self.rtol}, {self.atol}")
+        if self.max_nfe < 1 or self.min_step < 0:
+            raise ConfigError(f"max_nfe must be >= 1 and min_step >= 0, got {self.max_nfe}, {self.min_step}")
+
+    @property
+    def fixed(self) -> bool:
+        return self.method in FIXED_SOLVERS
+
+    def with_(self, **changes) -> SolverConfig:
+        return replace(self, **changes)
+
+
+class NFECounter:
+    """Function evaluations of one call: ``forward`` during the solve; ``backward`` during
+    backpropagation (adjoint-solve evaluations, or vector-Jacobian products through the
+    recorded evaluations under direct backprop). ``steps`` counts solver step attempts."""
+
+    __slots__ = ("forward", "backward", "steps", "steps_backward", "in_backward")
+
+    def __init__(self) -> None:
+        self.forward = 0
+        self.backward = 0
+        self.steps = 0
+        self.steps_backward = 0
+        self.in_backward = False
+
+    def __repr__(self) -> str:
+        return f"NFECounter(forward={self.forward}, backward={self.backward}, steps={self.steps})"
+
+
+class _CountVJP(torch.autograd.Function):
+    """Identity whose backward counts one dynamics VJP (direct backprop)."""
+
+    @staticmethod
+    def forward(ctx, counter, *tensors):  # type: ignore[override]
+        ctx.counter = counter
+        return tuple(t.view_as(t) for t in tensors)
+
+    @staticmethod
+    def backward(ctx, *grads):  # type: ignore[override]
+        ctx.counter.backward += 1
+        return (None, *grads)
+
+
+class _Dynamics(nn.Module):
+    """The augmented right-hand side in rescaled time s; one instance per solve, so the
+    Hutchinson probe and the counters of a solve cannot leak into another one."""
+
+    def __init__(self, net: nn.Module, end_time: nn.Module, *, exact: bool, probes: Tensor | None,
+                 kinetic: bool, frobenius: bool, counter: NFECounter, config: SolverConfig,
+                 time_scale: float, direct_grad: bool, use_jvp: bool = False):
+        super().__init__()
+        self.use_jvp = use_jvp
+        self._basis: Tensor | None = None
+        self.net = net
+        self.end_time = end_time
+        self.exact = exact
+        self.probes = probes
+        self.kinetic = kinetic
+        self.frobenius = frobenius
+        self.counter = counter
+        self.config = config
+        self.time_scale = time_scale  # |T| as a float, for messages and step limits
+        self.direct_grad = direct_grad
+        self.last_s = 0.0
+
+    # -- failure checks --------------------------------------------------------------
+    def _where(self, s: Tensor | float | None = None) -> str:
+        s = self.last_s if s is None else float(s.detach() if isinstance(s, Tensor) else s)
+        c = self.counter
+        phase = "adjoint (backward) solve" if c.in_backward else "solve"
+        step = c.steps_backward if c.in_backward else c.steps
+        nfe = c.backward if c.in_backward else c.forward
+        return (f"{phase} at step {step}, t = {float(s) * self.time_scale:.6g} of "
+                f"T = {self.time_scale:.6g}, after {nfe} function evaluations")
+
+    def _check_step(self, s: Tensor, y: tuple[Tensor, ...], dt: Tensor) -> None:
+        c = self.counter
+        if c.in_backward:
+            c.steps_backward += 1
+        else:
+            c.steps += 1
+        for y_ in y:
+            if not torch.isfinite(y_).all():
+                raise SolverError(
+                    f"non-finite ODE state in the {self._where(s)}: the dynamics blew up. "
+                    f"Lower the learning rate, add weight decay, use a smoother activation "
+                    f"(tanh, softplus) or add the kinetic/Jacobian regularizers"
+                )
+        if not self.config.fixed:
+            dt_t = float(dt) * self.time_scale
+            if not dt_t >= self.config.min_step:
+                raise SolverError(
+                    f"step size {dt_t:.3g} fell below min_step = {self.config.min_step:g} in the "
+                    f"{self._where(s)}: the dynamics are too stiff for rtol = {self.config.rtol:g}, "
+                    f"atol = {self.config.atol:g}. Loosen the tolerances, train with a fixed-step "
+                    f"solver (method: rk4, step_size), add weight decay or the RNODE regularizers"
+                )
+
+    def callback_step(self, s, y, dt):
+        self._check_step(s, y, dt)
+
+    def callback_step_adjoint(self, s, y, dt):
+        self._check_step(s, y, dt)
+
+    # -- right-hand side -------------------------------------------------------------
+    def forward(self, s: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        c = self.counter
+        if c.in_backward:
+            c.backward += 1
+            n = c.backward
+        else:
+            c.forward += 1
+            n = c.forward
+        if n > self.config.max_nfe:
+            raise SolverError(
+                f"NFE budget max_nfe = {self.config.max_nfe} exceeded in the {self._where(s)}. "
+                f"The dynamics became stiff: raise max_nfe, loosen rtol/atol, train with a "
+                f"fixed-step solver, or add weight decay / the RNODE regularizers"
+            )
+        self.last_s = float(s.detach())
+        z = state[0]
+        need_graph = torch.is_grad_enabled()
+        want_frob = self.frobenius
+        if self.use_jvp:
+            # forward mode: f and J·v in one pass, no autograd needed to get the trace
+            T = self.end_time()
+            t = s.to(z.dtype) * T
+            if self.exact:
+                if self._basis is None or self._basis.dtype != z.dtype:
+                    d = z.shape[1]
+                    self._basis = torch.eye(d, dtype=z.dtype, device=z.device).unsqueeze(1)
+                f, jv = self.net.forward_jvp(t, z, self._basis)
+                div, frob = divergence_from_jvp(jv, None, want_frob)
+            else:
+                f, jv = self.net.forward_jvp(t, z, self.probes)
+                div, frob = divergence_from_jvp(jv, self.probes, want_frob)
+            return self._pack(T, f, div, frob, need_graph)
+        with torch.enable_grad():
+            if not (need_graph and z.requires_grad):
+                # (a view made under no_grad can claim requires_grad without a graph)
+                z = z.detach().requires_grad_(True)
+            T = self.end_time()
+            t = s.to(z.dtype) * T
+            f = self.net(t, z)
+            if self.exact:
+                div, frob = divergence_exact(f, z, need_graph, want_frob)
+            else:
+                div, frob = divergence_hutchinson(f, z, self.probes, need_graph, want_frob)
+        return self._pack(T, f, div, frob, need_graph)
+
+    def _pack(self, T: Tensor, f: Tensor, div: Tensor, frob: Tensor | None,
+              need_graph: bool) -> tuple[Tensor, ...]:
+        out = [T * f, (-T * div).unsqueeze(1)]
+        if self.kinetic:
+            out.append((T * f.pow(2).sum(1)).unsqueeze(1))
+        if frob is not None:
+            out.append((T * frob).unsqueeze(1))
+        if not need_graph:
+            return tuple(o.detach() for o in out)
+        if self.direct_grad:
+            return _CountVJP.apply(self.counter, *out)
+        return tuple(out)
+
+
+def odeint_cnf(
+    net: nn.Module,
+    z: Tensor,
+    end_time: nn.Module,
+    config: SolverConfig,
+    *,
+    reverse: bool = False,
+    exact: bool = True,
+    probe: str = "gaussian",
+    n_probes: int = 1,
+    kinetic: bool = False,
+    frobenius: bool = False,
+    counter: NFECounter | None = None,
+    divergence_impl: str = "auto",
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """Integrate ``dz/dt = net(t, z)`` from ``t = 0`` to ``t = T`` (``reverse``: from T to
+    0) together with the log-density change and the requested regularizers.
+
+    Args:
+        net: ``net(t, z) -> dz/dt`` for ``z`` of shape ``[B, D]``.
+        z: start state ``[B, D]``.
+        end_time: a module whose call returns ``T`` (a scalar tensor, possibly learnable).
+        config: solver settings (see :class:`SolverConfig`).
+        reverse: integrate from T back to 0.
+        exact: exact trace (D autograd passes) or Hutchinson (one per probe).
+        probe, n_probes: Hutchinson probe distribution and count; drawn once per solve.
+        kinetic, frobenius: also integrate ``∫‖f‖² dt`` and ``∫‖∂f/∂z‖²_F dt``.
+        counter: receives the NFE of this solve (and of its backward pass).
+        divergence_impl: ``autograd`` (one backward pass per dimension or probe, as FFJORD),
+            ``jvp`` (forward-mode products written out per layer, ``net.forward_jvp``; the
+            same numbers, fewer operations) or ``auto`` (``jvp`` when the net has it).
+
+    Returns:
+        ``(z_end [B, D], logabsdet [B], regs)``: ``logabsdet = log|det ∂z_end/∂z|``,
+        ``regs`` maps ``"kinetic"`` / ``"jacobian"`` to per-sample integrals ``[B]``
+        (always integrated forward in time, i.e. non-negative).
+
+    Example::
+
+        >>> net = ODENet(2)
+        >>> T = lambda: torch.tensor(0.5)
+        >>> z, logdet, _ = odeint_cnf(net, torch.randn(4, 2), T, SolverConfig(adjoint=False))
+    """
+    counter = counter if counter is not None else NFECounter()
+    if z.dim() != 2:
+        raise ConfigError(f"odeint_cnf works on [batch, dim] states, got shape {list(z.shape)}")
+    T = end_time()
+    time_scale = abs(float(T.detach()))
+    if not math.isfinite(time_scale) or time_scale <= 0:
+        raise SolverError(f"the integration time T = {time_scale} must be positive and finite")
+    probes = None if exact else sample_probes(probe, n_probes, z)
+    use_adjoint = config.adjoint and torch.is_grad_enabled()
+    if divergence_impl not in ("auto", "autograd", "jvp"):
+        raise ConfigError(f"divergence_impl must be auto, autograd or jvp, got {divergence_impl!r}")
+    has_jvp = bool(getattr(net, "supports_jvp", False))
+    if divergence_impl == "jvp" and not has_jvp:
+        raise ConfigError("divergence_impl='jvp' needs a net with forward_jvp (cnf.ode.ODENet "
+                          "with tanh/softplus/swish/elu/relu); use 'autograd'")
+    use_jvp = divergence_impl == "jvp" or (divergence_impl == "auto" and has_jvp)
+    dyn = _Dynamics(net, end_time, exact=exact, probes=probes, kinetic=kinetic,
+                    frobenius=frobenius, counter=counter, config=config,
+                    time_scale=time_scale, direct_grad=torch.is_grad_enabled() and not use_adjoint,
+                    use_jvp=use_jvp)
+    zeros = z.new_zeros(z.shape[0], 1)
+    state = [z, zeros]
+    if kinetic:
+        state.append(zeros)
+    if frobenius:
+        state.append(zeros)
+    state = tuple(state)
+
+    if config.fixed:
+        n_steps = max(1, math.ceil(time_scale / config.step_size - 1e-9))
+        s = torch.linspace(0.0, 1.0, n_steps + 1, dtype=torch.float64, device=z.device)
+    else:
+        s = torch.tensor([0.0, 1.0], dtype=torch.float64, device=z.device)
+    if reverse:
+        s = s.flip(0)
+    options = {}
+    if not config.fixed and torch.is_grad_enabled() and not use_adjoint:
+        # choose the first step outside the graph, so gradients do not flow through the
+        # step-size heuristic (which would couple the samples of a batch)
+        options["first_step"] = _first_step(dyn, s, state, config)
+
+    kwargs = dict(rtol=config.rtol, atol=config.atol, method=config.method, options=options)
+    try:
+        if use_adjoint:
+            params = tuple(p for p in list(net.parameters()) + list(end_time.parameters())
+                           if p.requires_grad)
+            adj_opts = dict(options)
+            if config.adjoint_seminorm and not config.fixed:
+                adj_opts["norm"] = "seminorm"
+            sol = torchdiffeq.odeint_adjoint(dyn, state, s, adjoint_params=params,
+                                             adjoint_options=adj_opts, **kwargs)
+        else:
+            sol = torchdiffeq.odeint(dyn, state, s, **kwargs)
+    except AssertionError as e:  # torchdiffeq's internal checks
+        raise SolverError(f"torchdiffeq failed in the {dyn._where()}: {e}") from e
+    finally:
+        counter.in_backward = True  # any later evaluation belongs to the backward pass
+    out = [x[-1] for x in sol]
+    z_end, a = out[0], out[1].squeeze(1)
+    if not torch.isfinite(z_end).all() or not torch.isfinite(a).all():
+        raise SolverError(f"non-finite result after the {dyn._where(s[-1])}")
+    regs: dict[str, Tensor] = {}
+    sign = -1.0 if reverse else 1.0
+    i = 2
+    if kinetic:
+        regs["kinetic"] = sign * out[i].squeeze(1)
+        i += 1
+    if frobenius:
+        regs["jacobian"] = sign * out[i].squeeze(1)
+    return z_end, -a, regs
+
+
+@torch.no_grad()
+def _first_step(dyn: _Dynamics, s: Tensor, state: tuple[Tensor, ...], config: SolverConfig) -> Tensor:
+    """Hairer, Nørsett & Wanner's initial step (as torchdiffeq picks it), computed without
+    autograd; costs two evaluations, counted as forward NFE."""
+    order = {"dopri5": 5, "dopri8": 8, "bosh3": 3, "fehlberg2": 2, "adaptive_heun": 2}[config.method]
+    s0 = s[0]
+    direction = 1.0 if s[-1] > s[0] else -1.0
+
+    def norm(ts):
+        return max(x.pow(2).mean().sqrt() for x in ts)
+
+    f0 = dyn(s0, state)
+    scale = tuple(config.atol + x.abs() * config.rtol for x in state)
+    d0 = norm([x / sc for x, sc in zip(state, scale)])
+    d1 = norm([x / sc for x, sc in zip(f0, scale)])
+    h0 = torch.tensor(1e-6, dtype=torch.float64) if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+    h0 = torch.as_tensor(h0, dtype=torch.float64).abs()
+    y1 = tuple(x + direction * h0.to(x.dtype) * f for x, f in zip(state, f0))
+    f1 = dyn(s0 + direction * h0, y1)
+    d2 = norm([(a - b) / sc for a, b, sc in zip(f1, f0, scale)]) / h0
+    if d1 <= 1e-15 and d2 <= 1e-15:
+        h1 = torch.maximum(torch.tensor(1e-6, dtype=torch.float64), h0 * 1e-3)
+    else:
+        h1 = (0.01 / max(d1, d2)) ** (1.0 / float(order))
+    return torch.minimum(100 * h0, torch.as_tensor(h1, dtype=torch.float64)).to(torch.float64).reshape(())

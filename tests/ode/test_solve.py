@@ -1,0 +1,141 @@
+"""The solver wrapper: NFE counting, failure modes, regularizer integrals."""
+
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from cnf.errors import ConfigError, SolverError
+from cnf.ode import NFECounter, ODENet, SolverConfig, odeint_cnf
+
+
+class Const(nn.Module):
+    """A fixed end time T."""
+
+    def __init__(self, T):
+        super().__init__()
+        self.register_buffer("T", torch.tensor(float(T), dtype=torch.float64))
+
+    def forward(self):
+        return self.T
+
+
+class Linear(nn.Module):
+    """f(t, z) = A z: solution expm(tA) z0, trace tr(A), ‖J‖_F² = ‖A‖_F²."""
+
+    def __init__(self, A):
+        super().__init__()
+        self.A = nn.Parameter(A)
+
+    def forward(self, t, z):
+        return z @ self.A.T
+
+
+class Exploding(nn.Module):
+    """f(t, z) = z²: z(t) = z0 / (1 - t z0) blows up at t = 1/z0."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones((), dtype=torch.float64))
+
+    def forward(self, t, z):
+        return self.scale * z.pow(2)
+
+
+def test_linear_field_solution_logdet_and_regularizers():
+    torch.manual_seed(0)
+    A = torch.randn(3, 3, dtype=torch.float64) * 0.5
+    z0 = torch.randn(5, 3, dtype=torch.float64)
+    T = 0.8
+    cfg = SolverConfig(rtol=1e-10, atol=1e-10, adjoint=False)
+    z, logdet, regs = odeint_cnf(Linear(A), z0, Const(T), cfg, kinetic=True, frobenius=True)
+    torch.testing.assert_close(z, z0 @ torch.linalg.matrix_exp(T * A).T, rtol=0, atol=1e-8)
+    torch.testing.assert_close(logdet, torch.full((5,), T * A.trace().item(), dtype=torch.float64))
+    torch.testing.assert_close(regs["jacobian"], torch.full((5,), T * A.pow(2).sum().item(), dtype=torch.float64))
+    # kinetic energy ∫‖A expm(tA) z0‖² dt by Simpson's rule on 2001 points
+    ts = torch.linspace(0, T, 2001, dtype=torch.float64)
+    vals = torch.stack([(z0 @ (A @ torch.linalg.matrix_exp(t * A)).T).pow(2).sum(1) for t in ts])
+    w = torch.ones(2001, dtype=torch.float64)
+    w[1:-1:2], w[2:-1:2] = 4, 2
+    ke = (w[:, None] * vals).sum(0) * (T / 2000) / 3
+    torch.testing.assert_close(regs["kinetic"], ke, rtol=1e-8, atol=1e-10)
+    # backwards in time: the inverse map, opposite log-det, same (non-negative) integrals
+    x, logdet_inv, regs_inv = odeint_cnf(Linear(A), z, Const(T), cfg, reverse=True, kinetic=True)
+    torch.testing.assert_close(x, z0, rtol=0, atol=1e-8)
+    torch.testing.assert_close(logdet_inv, -logdet)
+    torch.testing.assert_close(regs_inv["kinetic"], ke, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("adjoint", [True, False])
+def test_fixed_step_nfe_is_counted_forward_and_backward(adjoint):
+    net = ODENet(2, hidden=(8,))
+    counter = NFECounter()
+    cfg = SolverConfig(method="rk4", step_size=0.125, adjoint=adjoint)
+    z, logdet, _ = odeint_cnf(net, torch.randn(6, 2), Const(0.5).float(), cfg, counter=counter)
+    assert counter.forward == 16  # 4 steps x 4 stages
+    assert counter.backward == 0
+    (z.sum() + logdet.sum()).backward()
+    # adjoint: rk4 backwards over the same 4 steps; direct: one VJP per recorded evaluation
+    assert counter.backward == 16
+
+
+def test_adaptive_nfe_counts_are_consistent():
+    net = ODENet(2, hidden=(16, 16))
+    counter = NFECounter()
+    z, logdet, _ = odeint_cnf(net, torch.randn(6, 2), Const(0.5).float(), SolverConfig(), counter=counter)
+    # dopri5: 6 evaluations per step attempt, plus 2 to choose the first step
+    assert counter.forward == 6 * counter.steps + 2
+    (z.sum() + logdet.sum()).backward()
+    assert counter.backward == 6 * counter.steps_backward + 2
+
+
+def test_exploding_field_raises_solver_error_quickly():
+    z0 = torch.full((4, 1), 2.0, dtype=torch.float64)  # blows up at t = 0.5
+    for cfg in (SolverConfig(rtol=1e-6, atol=1e-6), SolverConfig(method="rk4", step_size=0.01)):
+        counter = NFECounter()
+        start = time.perf_counter()
+        with pytest.raises(SolverError) as info:
+            odeint_cnf(Exploding(), z0, Const(2.0), cfg, counter=counter)
+        elapsed = time.perf_counter() - start
+        msg = str(info.value)
+        assert "step" in msg and "t = " in msg and "function evaluations" in msg, msg
+        assert counter.forward < cfg.max_nfe
+        assert elapsed < 30, f"took {elapsed:.1f}s to fail"  # generous; measured ~0.05 s
+
+
+def test_min_step_names_the_time_reached():
+    z0 = torch.full((4, 1), 2.0, dtype=torch.float64)
+    with pytest.raises(SolverError, match=r"min_step.*t = 0\.4\d+") as info:
+        odeint_cnf(Exploding(), z0, Const(2.0), SolverConfig(rtol=1e-6, atol=1e-6, min_step=1e-4))
+    assert "stiff" in str(info.value)
+
+
+def test_nfe_budget_forward_and_adjoint():
+    net = ODENet(2, hidden=(16,))
+    with pytest.raises(SolverError, match="max_nfe = 10"):
+        odeint_cnf(net, torch.randn(5, 2), Const(0.5).float(), SolverConfig(max_nfe=10, rtol=1e-8, atol=1e-8))
+    # enough for the forward solve, too few for the adjoint solve (which also carries the
+    # parameter adjoints in its error norm): the backward pass raises, it does not hang
+    counter = NFECounter()
+    z, logdet, _ = odeint_cnf(net, torch.randn(5, 2), Const(0.5).float(),
+                              SolverConfig(rtol=1e-5, atol=1e-5, max_nfe=1000), counter=counter)
+    tight = SolverConfig(rtol=1e-5, atol=1e-5, max_nfe=counter.forward)
+    z, logdet, _ = odeint_cnf(net, torch.randn(5, 2), Const(0.5).float(), tight)
+    with pytest.raises(SolverError, match="adjoint"):
+        (1e6 * (z.pow(2).sum() + logdet.sum())).backward()
+
+
+def test_non_finite_start_state_raises():
+    z0 = torch.tensor([[float("nan"), 0.0]])
+    with pytest.raises(SolverError, match="non-finite"):
+        odeint_cnf(ODENet(2, hidden=(4,)), z0, Const(0.5).float(), SolverConfig())
+
+
+def test_bad_configs():
+    with pytest.raises(ConfigError, match="unknown ODE solver"):
+        SolverConfig(method="tsit5")
+    with pytest.raises(ConfigError, match="step_size"):
+        SolverConfig(method="rk4")
+    with pytest.raises(ConfigError, match="rtol"):
+        SolverConfig(rtol=0.0)
