@@ -5,8 +5,10 @@ A suite (``experiments/<name>.yaml``) names model configs, datasets, a budget an
     # Toy 2D densities: every toy model on three datasets     <- first line: help text
     name: toy                          # default: the file stem; runs go to runs/<name>/
     members: [toy_realnvp, toy_ffjord] # configs/experiment/<member>.yaml (or a path)
-    data: [8gaussians, checkerboard]   # configs/data/<name>.yaml (or a path); omit: each
-                                       # member keeps the data of its own config
+    data: [8gaussians, checkerboard]   # a name (configs/data/<name>.yaml must exist) sets
+                                       # --data.init_args.name, keeping the member's batch
+                                       # size etc.; a path to a data YAML replaces the data
+                                       # config; omit: each member keeps its own data
     budget:
       max_steps: 2000                  # -> --trainer.max_steps
       max_time: null                   # "DD:HH:MM:SS", "90s", "10m", "1h" -> --trainer.max_time
@@ -78,6 +80,7 @@ class Suite:
     root: Path = Path("runs")
     report: Path | None = None
     wandb: str = "offline"
+    replace_data: set[str] = field(default_factory=set)  # data given as YAML paths
 
     @property
     def runs_dir(self) -> Path:
@@ -211,6 +214,8 @@ def load_suite(path: str | Path) -> Suite:
     members = [_resolve(m, "experiment", root, path) for m in members_raw]
     data_raw = _as_list(raw.get("data"), "data", path)
     data: list[Path | None] = [_resolve(d, "data", root, path) for d in data_raw] or [None]
+    replace_data = {str(p) for p, d in zip(data, data_raw)
+                    if p is not None and (str(d).endswith((".yaml", ".yml")) or "/" in str(d))}
     seeds = _as_list(raw.get("seeds", [0]), "seeds", path)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"suite {path}: `seeds` must be a list of integers, got {seeds!r}")
@@ -228,7 +233,7 @@ def load_suite(path: str | Path) -> Suite:
         max_time=parse_duration(budget["max_time"]) if budget.get("max_time") else None,
         validations=max(validations, 0), args=args, root=Path(raw.get("root", "runs")),
         report=Path(raw["report"]) if raw.get("report") else None,
-        wandb=str(raw.get("wandb", "offline")),
+        wandb=str(raw.get("wandb", "offline")), replace_data=replace_data,
     )
 
 
@@ -261,8 +266,10 @@ def plan(suite: Suite, *, wandb: str | None = None, extra_args: list[str] | None
             for seed in suite.seeds:
                 run_name = "-".join([label] + ([data] if data else []) + [f"s{seed}"])
                 cmd = [python or sys.executable, "-m", "cnf", "fit", "--config", str(config)]
-                if data_cfg is not None:
+                if data_cfg is not None and str(data_cfg) in suite.replace_data:
                     cmd += ["--data", str(data_cfg)]
+                elif data is not None:
+                    cmd += ["--data.init_args.name", data]
                 cmd += ["--seed_everything", str(seed)]
                 if suite.max_steps is not None:
                     cmd += ["--trainer.max_steps", str(suite.max_steps)]

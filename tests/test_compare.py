@@ -55,7 +55,8 @@ def test_shipped_toy_suite_plans_every_member_on_three_datasets():
     assert len(members) == len(suite.members) * 3 * len(suite.seeds)
     m = members[0]
     cmd = " ".join(m.command)
-    assert "--config configs/experiment/toy_realnvp.yaml --data configs/data/8gaussians.yaml" in cmd
+    # a dataset named in the suite only renames the member's data (its batch size stays)
+    assert "--config configs/experiment/toy_realnvp.yaml --data.init_args.name 8gaussians" in cmd
     assert "--trainer.max_steps 2000" in cmd and "--run.group toy" in cmd
     assert '--run.tags ["toy", "realnvp", "8gaussians"]' in cmd
     assert m.run_dir == str(Path("runs/toy/realnvp-8gaussians-s0"))
