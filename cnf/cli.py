@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -85,6 +86,9 @@ class RunOptions:
         progress_refresh: progress-bar refresh interval in steps (keeps CI logs short).
         progress_every: steps between progress lines (0: about 20 lines per run, and at
             least one every 30 s).
+        compile: ``torch.compile`` the flow's forward (``flow.compile()``) before fit. On one
+            CPU thread it made small flows slower (experiments/bench/bench_precision.py);
+            meant for GPUs. Mixed precision is ``--trainer.precision bf16-mixed``.
     """
 
     experiment: str | None = None
@@ -101,6 +105,7 @@ class RunOptions:
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
     progress_refresh: int = 50
     progress_every: int = 0
+    compile: bool = False
 
 
 def default_run_name(env: dict[str, str] | None = None) -> str:
@@ -266,6 +271,14 @@ class CNFCLI(LightningCLI):
         if mode == "none":
             return rest, False, []
         return rest, enabled, [LineProgressBar(every_n_steps=self.run_opts.progress_every or None)]
+
+    def before_fit(self) -> None:
+        if self.run_opts.compile:
+            flow = getattr(getattr(self.model, "density", None), "flow", None)
+            if not isinstance(flow, torch.nn.Module):
+                raise ConfigError("run.compile needs a model with a `density.flow` module; "
+                                  "drop --run.compile for this model")
+            flow.compile()
 
     def after_fit(self) -> None:
         if self.run_opts.test_after_fit and not self.trainer.interrupted:

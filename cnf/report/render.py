@@ -30,6 +30,7 @@ _FIXED = [
     Column("test/bpd", "test bits/dim", 3),
     Column("test/nll", "test NLL (nats)", 3),
     Column("test/nfe_forward", "NFE test fwd", 0),
+    Column("test/nfe", "NFE test", 0),
     Column("train/nfe_forward", "NFE train fwd", 0),
     Column("train/nfe_backward", "NFE train bwd", 0),
     Column("wall_time_s", "fit wall time (s)", 1),
