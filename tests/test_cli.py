@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from cnf.cli import SUBCOMMANDS, default_run_name, main
 from cnf.errors import ConfigError, NonFiniteError, ShapeError
 
 from .helpers import REPO, run_cli, summary
@@ -157,49 +154,3 @@ def test_lr_scheduler_from_config_steps_every_step(tmp_path):
                   "--data.init_args.n_train", "2000", "--run.test_after_fit", "false")
     lr = cli.trainer.optimizers[0].param_groups[0]["lr"]
     assert abs(lr - 0.5e-3) < 1e-6  # cosine half way: (1 + cos(pi/2)) / 2 * 1e-3
-
-
-# -- subcommand dispatch and run names shared by all processes ---------------------------
-def test_timestamp_name_is_exported_for_child_ranks(monkeypatch):
-    monkeypatch.delenv("CNF_RUN_NAME", raising=False)
-    monkeypatch.delenv("CNF_RUN_NAME_OWNER", raising=False)
-    for var in ("WORLD_SIZE", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID"):
-        monkeypatch.delenv(var, raising=False)
-    name = default_run_name()
-    assert os.environ["CNF_RUN_NAME"] == name
-    assert os.environ["CNF_RUN_NAME_OWNER"] == str(os.getpid())
-    # a child started by this process (Lightning's DDP launcher) reuses it
-    child_env = {"CNF_RUN_NAME": name, "CNF_RUN_NAME_OWNER": str(os.getppid())}
-    assert default_run_name(child_env) == name
-    # a second run in the same process gets a new name (timestamps have 1 ms resolution)
-    time.sleep(0.002)
-    assert default_run_name({"CNF_RUN_NAME": name, "CNF_RUN_NAME_OWNER": str(os.getpid())}) != name
-
-
-def test_names_under_torchrun_and_slurm():
-    assert default_run_name({"CNF_RUN_NAME": "mine"}) == "mine"
-    assert default_run_name({"WORLD_SIZE": "8", "TORCHELASTIC_RUN_ID": "abc"}) == "torchrun-abc"
-    assert default_run_name({"SLURM_NTASKS": "4", "SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0"}) == "slurm-77.0"
-    with pytest.raises(ConfigError, match="--run.name"):
-        default_run_name({"WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "none"})
-
-
-def test_dispatch_to_our_subcommands(capsys, tmp_path):
-    assert set(SUBCOMMANDS) >= {"compare", "report"}
-    with pytest.raises(SystemExit) as exc:
-        main(["report", str(tmp_path / "missing")])
-    assert exc.value.code == 2
-    assert "cnf report: error: runs folder" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        main(["compare", str(tmp_path / "nope.yaml")])
-    assert exc.value.code == 2 and "suite file" in capsys.readouterr().err
-
-
-def test_compile_switch_compiles_the_flow_before_fit(tmp_path, monkeypatch):
-    compiled = []
-    monkeypatch.setattr(torch.nn.Module, "compile",
-                        lambda self, *a, **k: compiled.append(type(self).__name__))
-    run_cli(tmp_path, "fit", "toy_realnvp", "--run.compile", "true", "--run.test_after_fit",
-            "false", "--trainer.max_steps", "2", "--data.init_args.n_train", "1024",
-            "--data.init_args.n_val", "500", "--data.init_args.n_test", "500")
-    assert compiled == ["RealNVP"]

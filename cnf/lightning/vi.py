@@ -1,0 +1,361 @@
+"""Variational inference by reverse KL: fit a flow ``q`` to an unnormalized target
+``p(z) ∝ exp(-U(z))`` (Rezende & Mohamed, 2015, Sec. 6.1).
+
+Training minimizes the (optionally annealed) free energy with samples from the flow's
+generative pass alone (``Density.sample_and_log_prob``: ``z = flow.inverse(z0)``)::
+
+    F_β = E_{z ~ q}[log q(z) + β_t U(z)],      β_t = min(1, beta_start + t / anneal_steps)
+
+So the flow's ``inverse`` is the hot path: use flows whose inverse is cheap and analytic
+(planar, radial, RealNVP, NSF couplings, IAF = ``Inverse(MAF)``, ``Inverse(IResNet)``, CNFs).
+
+There is no data: :class:`StepsDataModule` feeds step indices so Lightning's loop runs;
+validation and test draw ``eval_samples`` fresh samples and log the estimators of
+:mod:`cnf.vi.estimators`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from cnf.distributions import Density
+from cnf.errors import ConfigError, NonFiniteError
+from cnf.flows.base import exact_logdet, gather
+from cnf.vi.estimators import effective_sample_size, free_energy, importance_log_z
+from cnf.vi.targets import Target
+
+__all__ = ["ReverseKL", "StepsDataModule", "TargetPlot2D"]
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+def _adam(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+class _Steps(Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Tensor:
+        return torch.tensor(i)
+
+
+class StepsDataModule(L.LightningDataModule):
+    """Batches of step indices (the model samples its own inputs).
+
+    Args:
+        steps_per_epoch: training steps per "epoch" (only sets the epoch length).
+        val_batches: validation batches per validation; each draws the module's
+            ``eval_samples`` (so 1 is usual).
+        test_batches: test batches (same).
+    """
+
+    name = "target"
+
+    def __init__(self, steps_per_epoch: int = 1000, val_batches: int = 1, test_batches: int = 1):
+        super().__init__()
+        if min(steps_per_epoch, val_batches, test_batches) < 1:
+            raise ConfigError("steps_per_epoch, val_batches and test_batches must be >= 1")
+        self.steps_per_epoch, self.val_batches, self.test_batches = (
+            steps_per_epoch, val_batches, test_batches)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Steps(self.steps_per_epoch), batch_size=1)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_Steps(self.val_batches), batch_size=1)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(_Steps(self.test_batches), batch_size=1)
+
+
+class ReverseKL(L.LightningModule):
+    """Fit ``density`` (the approximation q) to ``target`` by minimizing the free energy.
+
+    Logs ``train/loss`` (the annealed free energy plus any flow regularizers),
+    ``train/free_energy`` (at β = 1), ``train/beta``, ``time/train_step_s``, the flows'
+    counters (``train/nfe_forward`` …) and, at validation and test on ``eval_samples`` fresh
+    samples with exact log-determinants: ``{val,test}/free_energy``, ``/elbo`` (= -F, a lower
+    bound on log Z), ``/log_z`` (importance-sampled estimate), ``/ess`` (effective sample size
+    as a fraction of the samples), and when the target's ``log_z`` is known ``/kl``
+    (= F + log Z = KL(q ‖ p) in nats) and ``/log_z_ref``.
+
+    Args:
+        density: the approximation, e.g. ``Density(PlanarFlow(2, 32), StandardNormal(2))``.
+        target: a :class:`cnf.vi.targets.Target`, e.g. ``EnergyTarget("u1")``.
+        num_samples: samples per training step.
+        eval_samples: samples per validation / test batch.
+        eval_chunk: samples per forward pass at evaluation (bounds memory).
+        beta_start, anneal_steps: the annealing schedule ``β_t = min(1, beta_start +
+            t / anneal_steps)``; ``anneal_steps=0`` trains at β = 1 throughout. The paper used
+            ``beta_start=0.01, anneal_steps=10000``.
+        optimizer, lr_scheduler: as in :class:`cnf.lightning.DensityEstimation`.
+        exact_eval: evaluate with exact log-determinants when the flow has an estimator.
+        plot: add a :class:`TargetPlot2D` callback (2D targets): ``plots/target_vs_q.png``.
+        plot_every_n_val: also plot every that many validations (0: only at the end).
+
+    Example::
+
+        >>> from cnf.flows.coupling import RealNVP
+        >>> from cnf.distributions import StandardNormal
+        >>> from cnf.vi.targets import EnergyTarget
+        >>> model = ReverseKL(Density(RealNVP(2), StandardNormal(2)), EnergyTarget("u1"))
+    """
+
+    def __init__(
+        self,
+        density: Density,
+        target: Target,
+        num_samples: int = 512,
+        eval_samples: int = 100_000,
+        eval_chunk: int = 10_000,
+        beta_start: float = 1.0,
+        anneal_steps: int = 0,
+        optimizer: OptimizerFactory = _adam,
+        lr_scheduler: SchedulerFactory | None = None,
+        exact_eval: bool = True,
+        plot: bool = True,
+        plot_every_n_val: int = 0,
+    ):
+        super().__init__()
+        if tuple(density.event_shape) != (target.dim,):
+            raise ConfigError(
+                f"the flow's event shape {list(density.event_shape)} does not match the "
+                f"target's dimension {target.dim}; set the flow's `dim` and the base's `shape` "
+                f"to {target.dim}")
+        if num_samples < 1 or eval_samples < 2 or eval_chunk < 1:
+            raise ConfigError("num_samples must be >= 1, eval_samples >= 2, eval_chunk >= 1")
+        if not 0 < beta_start <= 1 or anneal_steps < 0:
+            raise ConfigError("beta_start must be in (0, 1] and anneal_steps >= 0")
+        self.density = density
+        self.target = target
+        self.num_samples, self.eval_samples, self.eval_chunk = num_samples, eval_samples, eval_chunk
+        self.beta_start, self.anneal_steps = float(beta_start), int(anneal_steps)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.exact_eval = exact_eval
+        self.plot, self.plot_every_n_val = plot, plot_every_n_val
+        self._step_started: float | None = None
+        self.save_hyperparameters(ignore=["density", "target", "optimizer", "lr_scheduler"])
+
+    # -- schedule ------------------------------------------------------------------------
+    def beta(self, step: int | None = None) -> float:
+        """The inverse temperature β_t at training step ``step`` (default: the current one)."""
+        if self.anneal_steps == 0:
+            return 1.0
+        t = self.global_step if step is None else step
+        return min(1.0, self.beta_start + t / self.anneal_steps)
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if isinstance(dm, StepsDataModule):
+            dm.name = self.target.name  # shows up as "data" in summary.json
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        if self.plot and self.target.dim == 2:
+            return [TargetPlot2D(every_n_val_epochs=self.plot_every_n_val)]
+        return []
+
+    # -- training ------------------------------------------------------------------------
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        z, log_q = self.density.sample_and_log_prob(self.num_samples)
+        energy = self.target.energy(z)
+        beta = self.beta()
+        loss = (log_q + beta * energy).mean()
+        extra = gather(self.density, "extra_losses")
+        if extra:
+            loss = loss + sum(extra.values())
+        if not torch.isfinite(loss):
+            raise NonFiniteError(
+                f"the free energy became {float(loss)} at step {self.global_step}; lower the "
+                f"learning rate (model.optimizer.init_args.lr), clip gradients "
+                f"(trainer.gradient_clip_val), anneal the target (model.beta_start / "
+                f"model.anneal_steps) or bound the flow's scales. The last good checkpoint "
+                f"is kept in the run's checkpoints/ folder.")
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/free_energy", free_energy(log_q, energy).detach())
+        self.log("train/beta", beta)
+        for name, value in extra.items():
+            self.log(f"train/{name}", value)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        bad = [n for n, p in self.named_parameters()
+               if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if bad:
+            raise NonFiniteError(
+                f"non-finite gradients at step {self.global_step} in {bad[:5]}; lower the "
+                f"learning rate or clip gradients (trainer.gradient_clip_val)")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        for key, value in gather(self.density, "stats").items():
+            self.log(f"train/{key}", float(value))
+        if self._step_started is not None:
+            self.log("time/train_step_s", time.perf_counter() - self._step_started)
+
+    # -- evaluation ----------------------------------------------------------------------
+    def draw(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``n`` samples of q with ``log q`` and ``U`` (detached, exact log-dets if
+        ``exact_eval``), drawn ``eval_chunk`` at a time."""
+        zs, lqs, us = [], [], []
+        left = n
+        while left > 0:
+            m = min(left, self.eval_chunk)
+            if self.exact_eval:
+                with exact_logdet(self.density):
+                    z, log_q = self.density.sample_and_log_prob(m)
+            else:
+                z, log_q = self.density.sample_and_log_prob(m)
+            zs.append(z.detach())
+            lqs.append(log_q.detach())
+            us.append(self.target.energy(z.detach()).detach())
+            left -= m
+        return torch.cat(zs), torch.cat(lqs), torch.cat(us)
+
+    def estimates(self, n: int | None = None) -> dict[str, float]:
+        """Free energy, ELBO, importance-sampled log Z and ESS fraction from ``n`` samples
+        (default ``eval_samples``); ``kl`` and ``log_z_ref`` when the target knows log Z."""
+        _, log_q, energy = self.draw(n or self.eval_samples)
+        ok = torch.isfinite(log_q) & torch.isfinite(energy)
+        log_q, energy = log_q[ok].double(), energy[ok].double()
+        fe = free_energy(log_q, energy)
+        log_w = -energy - log_q
+        out = {"free_energy": float(fe), "elbo": float(-fe),
+               "log_z": float(importance_log_z(log_w)),
+               "ess": float(effective_sample_size(log_w)),
+               "nonfinite_fraction": float(1 - ok.double().mean())}
+        if self.target.log_z is not None:
+            out["kl"] = out["free_energy"] + self.target.log_z
+            out["log_z_ref"] = float(self.target.log_z)
+        return out
+
+    def _eval_step(self, stage: str) -> None:
+        was_grad = torch.is_grad_enabled()
+        # CNF divergences need autograd even at evaluation
+        with torch.set_grad_enabled(True):
+            est = self.estimates()
+        torch.set_grad_enabled(was_grad)
+        for key, value in est.items():
+            self.log(f"{stage}/{key}", value, prog_bar=stage == "val" and key == "free_energy",
+                     batch_size=self.eval_samples, sync_dist=True)
+        for key, value in gather(self.density, "stats").items():
+            self.log(f"{stage}/{key}", float(value), batch_size=self.eval_samples, sync_dist=True)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step("val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step("test")
+
+    # -- optimization --------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class TargetPlot2D(L.Callback):
+    """Save ``plots/target_vs_q.png`` (and ``target_vs_q_step<N>.png`` every
+    ``every_n_val_epochs`` validations): the normalized target ``exp(-U)/Z`` on a grid, q's
+    density ``exp(log q)`` on the same grid, and a histogram of q's samples."""
+
+    def __init__(self, every_n_val_epochs: int = 0, grid_size: int = 150,
+                 n_samples: int = 50_000):
+        super().__init__()
+        self.every_n_val_epochs = every_n_val_epochs
+        self.grid_size, self.n_samples = grid_size, n_samples
+        self._val_count = 0
+        self.last_path: Path | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.every_n_val_epochs <= 0:
+            return
+        self._val_count += 1
+        if self._val_count % self.every_n_val_epochs == 0:
+            self.plot(trainer, pl_module, f"target_vs_q_step{trainer.global_step}.png")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.plot(trainer, pl_module, "target_vs_q.png")
+
+    def plot(self, trainer: L.Trainer, pl_module: ReverseKL, filename: str) -> Path | None:
+        if not trainer.is_global_zero or getattr(pl_module, "target", None) is None:
+            return None
+        target, density = pl_module.target, pl_module.density
+        if target.dim != 2:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        was_training = pl_module.training
+        pl_module.eval()
+        lim = float(target.extent)
+        g = torch.linspace(-lim, lim, self.grid_size, device=pl_module.device)
+        xx, yy = torch.meshgrid(g, g, indexing="xy")
+        grid = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
+        cell = (2 * lim / (self.grid_size - 1)) ** 2
+        with torch.no_grad():
+            log_p = -target.energy(grid)
+        log_p = log_p - (target.log_z if target.log_z is not None
+                         else float(torch.logsumexp(log_p, 0) + math.log(cell)))
+        with torch.enable_grad(), exact_logdet(density):
+            log_q = torch.cat([density.log_prob(c).detach() for c in grid.split(5000)])
+            est = pl_module.estimates(min(pl_module.eval_samples, 20_000))
+            samples = torch.cat([density.sample(min(10_000, self.n_samples)).detach()
+                                 for _ in range(math.ceil(self.n_samples / 10_000))])
+        if was_training:
+            pl_module.train()
+        n = self.grid_size
+        p_img = log_p.exp().reshape(n, n).cpu().numpy()
+        q_img = log_q.exp().nan_to_num(0.0).reshape(n, n).cpu().numpy()
+        s = samples[torch.isfinite(samples).all(1)].cpu().numpy()
+        fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
+        vmax = float(p_img.max())
+        axes[0].imshow(p_img, origin="lower", extent=(-lim, lim, -lim, lim), cmap="viridis",
+                       vmax=vmax)
+        axes[0].set_title(f"target exp(-U)/Z ({target.name})")
+        axes[1].imshow(q_img, origin="lower", extent=(-lim, lim, -lim, lim), cmap="viridis",
+                       vmax=vmax)
+        axes[1].set_title("q density")
+        axes[2].hist2d(s[:, 0], s[:, 1], bins=n, range=[[-lim, lim], [-lim, lim]],
+                       cmap="viridis")
+        axes[2].set_title("q samples")
+        for ax in axes:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_aspect("equal")
+        flow_name = type(density.flow).__name__
+        text = (f"{flow_name} — step {trainer.global_step}: free energy {est['free_energy']:.3f}, "
+                f"log Z (IS) {est['log_z']:.3f}, ESS {est['ess']:.2f}")
+        if target.log_z is not None:
+            text += f", KL {est['kl']:.3f} (log Z ref {target.log_z:.3f})"
+        fig.suptitle(text, fontsize=9)
+        fig.tight_layout()
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "plots"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / filename
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        self.last_path = path
+        return path
