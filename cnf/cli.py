@@ -344,6 +344,8 @@ def _dispatch(name: str, argv: list[str]) -> None:
     module = importlib.import_module(SUBCOMMANDS[name][0])
     try:
         status = module.main(argv)
+    except KeyboardInterrupt:
+        sys.exit(130)
     except CNFError as exc:
         if os.environ.get("CNF_DEBUG"):
             raise

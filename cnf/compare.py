@@ -528,14 +528,27 @@ def run_suite(suite: Suite, members: list[Member], *, gpus: list[str] | None = N
                 return
             _run_member(m, i, len(members), state, device, len(workers), echo, out)
 
-    if len(workers) == 1:
-        worker(workers[0])
-    else:
-        threads = [threading.Thread(target=worker, args=(d,), daemon=True) for d in workers]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+    try:
+        if len(workers) == 1:
+            worker(workers[0])
+        else:
+            threads = [threading.Thread(target=worker, args=(d,), daemon=True) for d in workers]
+            for t in threads:
+                t.start()
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.5)
+    except KeyboardInterrupt:
+        # the runs got the same Ctrl-C (one process group); stop scheduling, keep the state
+        for m in members:
+            if m.status in ("running", "pending"):
+                m.status = "pending"
+        while not todo.empty():
+            todo.get_nowait()
+        state.save()
+        print(f"\ncnf compare: interrupted; finished runs are kept in {suite.runs_dir}. Run the "
+              f"same command again to resume.", file=out, flush=True)
+        raise
     state.save()
     n_ok = sum(m.status in ("finished", "skipped") for m in members)
     print(f"cnf compare: {n_ok}/{len(members)} runs finished"
