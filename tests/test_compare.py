@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cnf.compare import (Member, _select, finished, load_suite, main, parse_duration, plan,
-                         run_suite)
+from cnf.compare import Member, _select, finished, load_suite, main, parse_duration, plan, run_suite
 from cnf.errors import ConfigError
 from tests.conftest import REPO, tiny_suite_files
 
@@ -112,9 +111,9 @@ def test_time_budget_and_overrides(tmp_path):
 def _fake_member(tmp_path: Path, i: int) -> Member:
     """A member whose 'run' records the GPU it was given and writes a finished summary."""
     run_dir = tmp_path / "runs" / "fake" / f"m{i}"
-    code = ("import json, os, pathlib, time; d = pathlib.Path(%r); d.mkdir(parents=True);"
+    code = (f"import json, os, pathlib, time; d = pathlib.Path({str(run_dir)!r}); d.mkdir(parents=True);"
             "time.sleep(0.3); (d / 'summary.json').write_text(json.dumps({'status': 'finished',"
-            "'gpu': os.environ.get('CUDA_VISIBLE_DEVICES')})); print('[fit] done')" % str(run_dir))
+            "'gpu': os.environ.get('CUDA_VISIBLE_DEVICES')})); print('[fit] done')")
     return Member(label=f"m{i}", config="x", data=None, data_config=None, seed=0,
                   run_name=f"m{i}", run_dir=str(run_dir), command=[sys.executable, "-c", code])
 
