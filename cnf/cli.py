@@ -86,9 +86,11 @@ class RunOptions:
         progress_refresh: progress-bar refresh interval in steps (keeps CI logs short).
         progress_every: steps between progress lines (0: about 20 lines per run, and at
             least one every 30 s).
-        compile: ``torch.compile`` the flow's forward (``flow.compile()``) before fit. On one
-            CPU thread it made small flows slower (experiments/bench/bench_precision.py);
-            meant for GPUs. Mixed precision is ``--trainer.precision bf16-mixed``.
+        compile: ``torch.compile`` the flow's forward (``flow.compile()``) before fit. On
+            one CPU thread it paid for spline flows (NSF 1.7x per step after ~80 s of
+            compiling), not for RealNVP, and not for CNFs (refused);
+            experiments/bench/bench_precision.py. Mixed precision is
+            ``--trainer.precision bf16-mixed``.
     """
 
     experiment: str | None = None
@@ -278,6 +280,13 @@ class CNFCLI(LightningCLI):
             if not isinstance(flow, torch.nn.Module):
                 raise ConfigError("run.compile needs a model with a `density.flow` module; "
                                   "drop --run.compile for this model")
+            from cnf.flows.continuous import CNF
+
+            if any(isinstance(m, CNF) for m in flow.modules()):
+                raise ConfigError(
+                    "run.compile does not support continuous flows: torch.compile failed on "
+                    "the adaptive solver and made fixed-step RK4 training 2x slower "
+                    "(experiments/bench/bench_precision.py); drop --run.compile")
             flow.compile()
 
     def after_fit(self) -> None:

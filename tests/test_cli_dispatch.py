@@ -56,3 +56,13 @@ def test_compile_switch_compiles_the_flow_before_fit(tmp_path, monkeypatch):
             "false", "--trainer.max_steps", "2", "--data.init_args.n_train", "1024",
             "--data.init_args.n_val", "500", "--data.init_args.n_test", "500")
     assert compiled == ["RealNVP"]
+
+
+def test_compile_switch_refuses_continuous_flows(tmp_path):
+    from cnf.errors import ConfigError
+
+    from .helpers import run_cli
+
+    with pytest.raises(ConfigError, match="continuous flows"):
+        run_cli(tmp_path, "fit", "toy_ffjord", "--run.compile", "true",
+                "--trainer.max_steps", "1", "--data.init_args.n_train", "1024")
