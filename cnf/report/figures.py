@@ -106,7 +106,7 @@ def learning_curves(groups: list[Group], path: Path, title: str) -> Path | None:
     datasets = list(dict.fromkeys(g.data for g in groups))
     col = colours([g.label for g in groups])
     fig, axes = plt.subplots(len(datasets), len(panels),
-                             figsize=(4.6 * len(panels), 3.3 * len(datasets)), squeeze=False)
+                             figsize=(4.6 * len(panels) + 1.8, 3.3 * len(datasets)), squeeze=False)
     for row, data in enumerate(datasets):
         for c, (key, xaxis) in enumerate(panels):
             ax = axes[row][c]
@@ -138,9 +138,16 @@ def learning_curves(groups: list[Group], path: Path, title: str) -> Path | None:
             ax.set_ylabel(key + (" (smoothed)" if key.startswith("train/") else ""))
             ax.set_title(data, fontsize=10)
             ax.grid(alpha=0.3)
-        axes[row][0].legend(fontsize=8, loc="upper right")
+    handles, names = [], []
+    for ax in axes.flat:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            if n not in names:
+                handles.append(h)
+                names.append(n)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    fig.legend(handles, names, loc="center left", bbox_to_anchor=(0.865, 0.5), fontsize=9,
+               frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=85)
     plt.close(fig)
@@ -174,6 +181,10 @@ def cost_quality(groups: list[Group], path: Path, title: str) -> Path | None:
             ax.annotate(label, (cm * 1000, qm), textcoords="offset points", xytext=(6, 4),
                         fontsize=8)
         ax.set_xscale("log")
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("training step (ms, median, log)")
         ax.set_ylabel(f"{key} ({better} is better)")
         ax.set_title(data, fontsize=10)

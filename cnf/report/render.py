@@ -218,7 +218,8 @@ def write_report(runs_dir: str | Path, out: str | Path, *, title: str | None = N
         header = ["model", "seeds"] + [c.header for c in cols]
         rows = _rows(dgroups, cols)
         md += [f"### {data}", "", _md_table(header, rows), ""]
-        hb += [f"<h3>{html.escape(data)}</h3>", _html_table(header, rows)]
+        hb += [f"<h3>{html.escape(data)}</h3>",
+               f'<div style="overflow-x:auto">{_html_table(header, rows)}</div>']
 
     failed = [r for r in runs if r.status != "finished"]
     if failed:
@@ -279,7 +280,8 @@ def write_report(runs_dir: str | Path, out: str | Path, *, title: str | None = N
         header = ["key"] + list(table)
         rows = [[k] + [table[label].get(k, "—") for label in table] for k in keys]
         md += [note, "", _md_table(header, rows), ""]
-        hb += [f'<p class="note">{html.escape(note)}</p>', _html_table(header, rows, "cfg")]
+        hb += [f'<p class="note">{html.escape(note)}</p>',
+               f'<div style="overflow-x:auto">{_html_table(header, rows, "cfg")}</div>']
     else:
         md += ["All runs share one configuration (apart from seeds and names).", ""]
         hb += ["<p>All runs share one configuration (apart from seeds and names).</p>"]
