@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
@@ -79,11 +80,17 @@ class RunOptions:
         monitor_mode: ``min`` or ``max``.
         test_after_fit: after ``fit``, run ``test`` with the best checkpoint.
         plot_every_n_val: also plot 2D densities every that many validations (0: at the end).
-        progress: ``bar`` (the trainer's TQDM bar), ``lines`` (one line every
-            ``progress_every`` steps: loss, NFE, validation metric, ETA; for logs and CI),
-            ``none``, or ``auto``: a bar when stdout is a terminal, else lines.
+        progress: ``bar`` (a TQDM bar), ``lines`` (one line every ``progress_every`` steps:
+            loss, NFE, validation metric, ETA; for logs and CI), ``none``, or ``auto``: a bar
+            when stdout is a terminal, else lines.
+        progress_refresh: progress-bar refresh interval in steps (keeps CI logs short).
         progress_every: steps between progress lines (0: about 20 lines per run, and at
             least one every 30 s).
+        compile: ``torch.compile`` the flow's forward (``flow.compile()``) before fit. On
+            one CPU thread it paid for spline flows (NSF 1.7x per step after ~80 s of
+            compiling), not for RealNVP, and not for CNFs (refused);
+            experiments/bench/bench_precision.py. Mixed precision is
+            ``--trainer.precision bf16-mixed``.
     """
 
     experiment: str | None = None
@@ -98,7 +105,9 @@ class RunOptions:
     test_after_fit: bool = True
     plot_every_n_val: int = 0
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
+    progress_refresh: int = 50
     progress_every: int = 0
+    compile: bool = False
 
 
 def default_run_name(env: dict[str, str] | None = None) -> str:
@@ -228,8 +237,9 @@ class CNFCLI(LightningCLI):
         config["default_root_dir"] = str(self.run_dir)
         extra = [RunSummary(), DensityPlot2D(every_n_val_epochs=self.run_opts.plot_every_n_val),
                  ElapsedTime()]
-        config["callbacks"], config["enable_progress_bar"] = self._progress(
-            list(config.get("callbacks") or []), config.get("enable_progress_bar"))
+        config["callbacks"], config["enable_progress_bar"], bar = self._progress(
+            list(config.get("callbacks") or []), callbacks, config.get("enable_progress_bar"))
+        extra += bar
         if self.subcommand == "fit":
             extra.append(ModelCheckpoint(
                 dirpath=str(self.run_dir / "checkpoints"), filename="best",
@@ -245,19 +255,39 @@ class CNFCLI(LightningCLI):
                     cb._path = lambda _t, d=self.run_dir: d / "summary.json"  # type: ignore[method-assign]
         return trainer
 
-    def _progress(self, callbacks: list, enabled: bool | None) -> tuple[list, bool | None]:
-        """Apply ``run.progress``: keep the configured bar, swap it for lines, or drop it."""
-        from lightning.pytorch.callbacks.progress import ProgressBar
-
+    def _progress(self, configured: list, given: list, enabled: bool | None
+                  ) -> tuple[list, bool | None, list]:
+        """Apply ``run.progress``: a TQDM bar (the configured one, else one refreshing every
+        ``progress_refresh`` steps), compact lines, or nothing. Returns the configured
+        callbacks to keep, ``enable_progress_bar`` and the progress callbacks to add."""
         mode = self.run_opts.progress
         if mode == "auto":
             mode = "bar" if sys.stdout.isatty() else "lines"
-        if enabled is False or mode == "bar":
-            return callbacks, enabled
-        rest = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
+        if enabled is False:
+            return configured, enabled, []
+        rest = [cb for cb in configured if not isinstance(cb, ProgressBar)]
+        if mode == "bar":
+            has_bar = any(isinstance(c, ProgressBar) for c in given + configured)
+            return configured, enabled, ([] if has_bar else
+                                         [TQDMProgressBar(refresh_rate=self.run_opts.progress_refresh)])
         if mode == "none":
-            return rest, False
-        return rest + [LineProgressBar(every_n_steps=self.run_opts.progress_every or None)], enabled
+            return rest, False, []
+        return rest, enabled, [LineProgressBar(every_n_steps=self.run_opts.progress_every or None)]
+
+    def before_fit(self) -> None:
+        if self.run_opts.compile:
+            flow = getattr(getattr(self.model, "density", None), "flow", None)
+            if not isinstance(flow, torch.nn.Module):
+                raise ConfigError("run.compile needs a model with a `density.flow` module; "
+                                  "drop --run.compile for this model")
+            from cnf.flows.continuous import CNF
+
+            if any(isinstance(m, CNF) for m in flow.modules()):
+                raise ConfigError(
+                    "run.compile does not support continuous flows: torch.compile failed on "
+                    "the adaptive solver and made fixed-step RK4 training 2x slower "
+                    "(experiments/bench/bench_precision.py); drop --run.compile")
+            flow.compile()
 
     def after_fit(self) -> None:
         if self.run_opts.test_after_fit and not self.trainer.interrupted:
@@ -323,6 +353,8 @@ def _dispatch(name: str, argv: list[str]) -> None:
     module = importlib.import_module(SUBCOMMANDS[name][0])
     try:
         status = module.main(argv)
+    except KeyboardInterrupt:
+        sys.exit(130)
     except CNFError as exc:
         if os.environ.get("CNF_DEBUG"):
             raise

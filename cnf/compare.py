@@ -4,9 +4,16 @@ A suite (``experiments/<name>.yaml``) names model configs, datasets, a budget an
 
     # Toy 2D densities: every toy model on three datasets     <- first line: help text
     name: toy                          # default: the file stem; runs go to runs/<name>/
-    members: [toy_realnvp, toy_ffjord] # configs/experiment/<member>.yaml (or a path)
-    data: [8gaussians, checkerboard]   # configs/data/<name>.yaml (or a path); omit: each
-                                       # member keeps the data of its own config
+    members:                           # configs/experiment/<member>.yaml (or a path), or a
+      - toy_realnvp                    # mapping: label (name in the report), data (dataset
+      - config: power_maf              # shown when the member has no suite data), requires
+        label: maf                     # (a path that must exist, else the member is left
+        data: power                    # out with a note, e.g. data files not downloaded)
+        requires: ${CNF_DATA_DIR:-data}/power
+    data: [8gaussians, checkerboard]   # a name (configs/data/<name>.yaml must exist) sets
+                                       # --data.init_args.name, keeping the member's batch
+                                       # size etc.; a path to a data YAML replaces the data
+                                       # config; omit: each member keeps its own data
     budget:
       max_steps: 2000                  # -> --trainer.max_steps
       max_time: null                   # "DD:HH:MM:SS", "90s", "10m", "1h" -> --trainer.max_time
@@ -78,6 +85,10 @@ class Suite:
     root: Path = Path("runs")
     report: Path | None = None
     wandb: str = "offline"
+    replace_data: set[str] = field(default_factory=set)  # data given as YAML paths
+    labels: dict[str, str] = field(default_factory=dict)  # config path -> label
+    member_data: dict[str, str] = field(default_factory=dict)  # config path -> dataset shown
+    left_out: list[str] = field(default_factory=list)  # members whose `requires` is missing
 
     @property
     def runs_dir(self) -> Path:
@@ -208,9 +219,35 @@ def load_suite(path: str | Path) -> Suite:
     members_raw = _as_list(raw.get("members"), "members", path)
     if not members_raw:
         raise ConfigError(f"suite {path} lists no `members` (model configs to compare)")
-    members = [_resolve(m, "experiment", root, path) for m in members_raw]
+    if len(members_raw) != len({str(m.get("config") if isinstance(m, dict) else m)
+                                for m in members_raw}):
+        raise ConfigError(f"suite {path} lists a member twice")
+    members: list[Path] = []
+    labels: dict[str, str] = {}
+    member_data: dict[str, str] = {}
+    left_out: list[str] = []
+    for m in members_raw:
+        if isinstance(m, dict):
+            unknown_m = set(m) - {"config", "label", "data", "requires"}
+            if "config" not in m or unknown_m:
+                raise ConfigError(f"suite {path}: a member mapping takes `config` (required), "
+                                  f"`label`, `data`, `requires`; got {sorted(m)}")
+            requires = m.get("requires")
+            if requires and not Path(os.path.expandvars(_default_vars(str(requires)))).exists():
+                left_out.append(f"{m['config']} (needs {os.path.expandvars(_default_vars(str(requires)))})")
+                continue
+            config = _resolve(m["config"], "experiment", root, path)
+            if m.get("label"):
+                labels[str(config)] = str(m["label"])
+            if m.get("data"):
+                member_data[str(config)] = str(m["data"])
+        else:
+            config = _resolve(m, "experiment", root, path)
+        members.append(config)
     data_raw = _as_list(raw.get("data"), "data", path)
     data: list[Path | None] = [_resolve(d, "data", root, path) for d in data_raw] or [None]
+    replace_data = {str(p) for p, d in zip(data, data_raw)
+                    if p is not None and (str(d).endswith((".yaml", ".yml")) or "/" in str(d))}
     seeds = _as_list(raw.get("seeds", [0]), "seeds", path)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"suite {path}: `seeds` must be a list of integers, got {seeds!r}")
@@ -228,8 +265,14 @@ def load_suite(path: str | Path) -> Suite:
         max_time=parse_duration(budget["max_time"]) if budget.get("max_time") else None,
         validations=max(validations, 0), args=args, root=Path(raw.get("root", "runs")),
         report=Path(raw["report"]) if raw.get("report") else None,
-        wandb=str(raw.get("wandb", "offline")),
+        wandb=str(raw.get("wandb", "offline")), replace_data=replace_data, labels=labels,
+        member_data=member_data, left_out=left_out,
     )
+
+
+def _default_vars(text: str) -> str:
+    """``${VAR:-default}`` -> the variable's value, else the default (as in a shell)."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: os.environ.get(m.group(1)) or m.group(2), text)
 
 
 # -- planning ----------------------------------------------------------------------------
@@ -255,14 +298,16 @@ def plan(suite: Suite, *, wandb: str | None = None, extra_args: list[str] | None
     """Every (member, dataset, seed) run of ``suite`` with its ``cnf fit`` command line."""
     members = []
     for config in suite.members:
-        label = member_label(config, suite.name)
+        label = suite.labels.get(str(config)) or member_label(config, suite.name)
         for data_cfg in suite.data:
-            data = _data_name(data_cfg)
+            data = _data_name(data_cfg) or suite.member_data.get(str(config))
             for seed in suite.seeds:
                 run_name = "-".join([label] + ([data] if data else []) + [f"s{seed}"])
                 cmd = [python or sys.executable, "-m", "cnf", "fit", "--config", str(config)]
-                if data_cfg is not None:
+                if data_cfg is not None and str(data_cfg) in suite.replace_data:
                     cmd += ["--data", str(data_cfg)]
+                elif data_cfg is not None and data is not None:
+                    cmd += ["--data.init_args.name", data]
                 cmd += ["--seed_everything", str(seed)]
                 if suite.max_steps is not None:
                     cmd += ["--trainer.max_steps", str(suite.max_steps)]
@@ -471,6 +516,8 @@ def run_suite(suite: Suite, members: list[Member], *, gpus: list[str] | None = N
           + (f"; {skipped} already finished (skipped)" if skipped else "")
           + (f"; one run per GPU on {len(workers)} GPUs" if gpus else "; one run at a time"),
           file=out, flush=True)
+    for note in suite.left_out:
+        print(f"cnf compare: left out {note}", file=out, flush=True)
     state.save()
 
     def worker(device: str | None) -> None:
@@ -481,14 +528,27 @@ def run_suite(suite: Suite, members: list[Member], *, gpus: list[str] | None = N
                 return
             _run_member(m, i, len(members), state, device, len(workers), echo, out)
 
-    if len(workers) == 1:
-        worker(workers[0])
-    else:
-        threads = [threading.Thread(target=worker, args=(d,), daemon=True) for d in workers]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+    try:
+        if len(workers) == 1:
+            worker(workers[0])
+        else:
+            threads = [threading.Thread(target=worker, args=(d,), daemon=True) for d in workers]
+            for t in threads:
+                t.start()
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.5)
+    except KeyboardInterrupt:
+        # the runs got the same Ctrl-C (one process group); stop scheduling, keep the state
+        for m in members:
+            if m.status in ("running", "pending"):
+                m.status = "pending"
+        while not todo.empty():
+            todo.get_nowait()
+        state.save()
+        print(f"\ncnf compare: interrupted; finished runs are kept in {suite.runs_dir}. Run the "
+              f"same command again to resume.", file=out, flush=True)
+        raise
     state.save()
     n_ok = sum(m.status in ("finished", "skipped") for m in members)
     print(f"cnf compare: {n_ok}/{len(members)} runs finished"

@@ -232,6 +232,7 @@ class ExactResult:
     dim: int
     method: str
     bpd: float | None = None
+    probe_stderr: float | None = None
 
 
 def _mean_log_prob(density: Density, data: Tensor, batch_size: int) -> Tensor:
@@ -248,11 +249,13 @@ def exact_evaluate(density: Density, data: Tensor, batch_size: int = 1000,
     - otherwise: the per-example log-likelihood averaged over ``probes`` independent probe
       draws (unbiased for unbiased estimators), with the standard error over draws.
 
-    ``stderr`` is the standard error of the mean NLL over examples (and probe draws). For
-    images the value is the dequantization bound (one dequantization draw per pass).
+    ``stderr`` is the standard error of the mean NLL over examples (probe noise included);
+    ``probe_stderr`` the part due to the probes alone. For images the value is the
+    dequantization bound (one dequantization draw per pass).
     """
     density.eval()
     dim = int(math.prod(density.event_shape))
+    probe_stderr: float | None = None
     stochastic = bool(getattr(density.flow, "logdet_is_estimate", False))
     if not stochastic or dim <= max_exact_dim:
         with exact_logdet(density):
@@ -263,17 +266,18 @@ def exact_evaluate(density: Density, data: Tensor, batch_size: int = 1000,
         stderr = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else 0.0
     else:
         draws = torch.stack([_mean_log_prob(density, data, batch_size) for _ in range(probes)])
-        per_example = -draws.double().mean(0)
-        nll = per_example
-        probe_var = draws.double().var(0).mean() / probes if probes > 1 else torch.tensor(0.0)
-        stderr = float(torch.sqrt(per_example.var() / len(per_example) + probe_var / len(per_example)))
+        nll = -draws.double().mean(0)  # per example, averaged over the probe draws
+        stderr = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else 0.0
+        if probes > 1:  # the part of the uncertainty due to the probes alone
+            probe_stderr = float(torch.sqrt(draws.double().var(0).mean() / probes / len(nll)))
         method = (f"stochastic log-determinant averaged over {probes} probe draws "
                   f"(D={dim} > max_exact_dim={max_exact_dim})")
     if isinstance(density, DequantizedDensity):
         method += f"; dequantization bound on {density.levels} levels, one draw of u per pass"
     mean = float(nll.mean())
     bpd = mean / (dim * math.log(2)) if isinstance(density, DequantizedDensity) else None
-    return ExactResult(nll=mean, stderr=stderr, n=len(nll), dim=dim, method=method, bpd=bpd)
+    return ExactResult(nll=mean, stderr=stderr, n=len(nll), dim=dim, method=method, bpd=bpd,
+                       probe_stderr=probe_stderr)
 
 
 # -- runs -------------------------------------------------------------------------------------
@@ -297,7 +301,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Any, Any]:
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningModule, "model")
     parser.add_subclass_arguments(L.LightningDataModule, "data")
-    init = parser.instantiate_classes(parser.parse_object({"model": cfg["model"],
+    init = parser.instantiate(parser.parse_object({"model": cfg["model"],
                                                            "data": cfg["data"]}))
     module, dm = init.model, init.data
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]

@@ -15,8 +15,11 @@ with ``p(z) = N(0, I)`` and a Bernoulli decoder. Posteriors (``posterior=``):
   per data point; ``planar``, ``radial`` (Rezende & Mohamed, 2015),
   ``sylvester_orthogonal``, ``sylvester_householder`` (:mod:`cnf.flows.amortized`).
 - conditioned on ``h`` (the flow gets ``context = h``): ``iaf`` (Kingma et al., 2016),
-  ``realnvp`` (RealNVP couplings with context), or ``flow``: any :class:`cnf.flows.base.Flow`
-  passed as ``flow=`` whose ``context_dim`` equals ``hidden`` (e.g. a conditional FFJORD).
+  ``realnvp`` (RealNVP couplings with context), ``ffjord`` (``num_flows`` CNF blocks,
+  :class:`cnf.flows.amortized.ConditionalCNF`: h projected to ``latent_dim`` features
+  carried as frozen ODE state; ``flow_options`` go to the CNF, e.g. solver tolerances), or
+  ``flow``: any :class:`cnf.flows.base.Flow` passed as ``flow=`` whose ``context_dim``
+  equals ``hidden``.
 
 The KL term is the single-sample Monte Carlo estimate for every posterior (as in the
 Sylvester-flows code), so all posteriors share one estimator.
@@ -44,6 +47,7 @@ from cnf.flows.amortized import (
     AmortizedPlanar,
     AmortizedRadial,
     AmortizedSylvester,
+    ConditionalCNF,
     ConditionalIAF,
 )
 from cnf.flows.base import Chain, Flow
@@ -52,7 +56,7 @@ from cnf.flows.nets import activation
 __all__ = ["FlowVAE", "POSTERIORS"]
 
 POSTERIORS = ("diagonal", "planar", "radial", "sylvester_orthogonal", "sylvester_householder",
-              "iaf", "realnvp", "flow")
+              "iaf", "realnvp", "ffjord", "flow")
 _LOG2PI = math.log(2 * math.pi)
 
 
@@ -76,14 +80,18 @@ class FlowVAE(nn.Module):
         num_flows: K, the number of flow layers (blocks for ``realnvp``).
         num_columns: M for ``sylvester_orthogonal`` (default: ``latent_dim``).
         num_householder: reflections per layer for ``sylvester_householder``.
-        flow_hidden: hidden width of IAF's MADE / RealNVP's conditioners.
+        flow_hidden: hidden width of IAF's MADE / RealNVP's conditioners / the CNF's ODE net
+            (two layers).
+        flow_options: extra keyword arguments of the ``ffjord`` posterior's CNF blocks
+            (default: exact trace, dopri5 at rtol = atol = 1e-5, T = 0.5, no adjoint).
         flow: the flow for ``posterior="flow"`` (context = encoder features, ``[B, hidden]``).
     """
 
     def __init__(self, data_dim: int = 64, latent_dim: int = 8, hidden: int = 256, depth: int = 2,
                  act: str = "elu", posterior: str = "diagonal", num_flows: int = 4,
                  num_columns: int | None = None, num_householder: int = 4,
-                 flow_hidden: int = 64, flow: Flow | None = None):
+                 flow_hidden: int = 64, flow: Flow | None = None,
+                 flow_options: dict | None = None):
         super().__init__()
         if posterior not in POSTERIORS:
             raise ConfigError(f"unknown posterior {posterior!r}; choose one of {list(POSTERIORS)}")
@@ -119,6 +127,11 @@ class FlowVAE(nn.Module):
             if d < 2:
                 raise ConfigError("posterior='realnvp' needs latent_dim >= 2")
             self.flow = RealNVP(d, num_layers=num_flows, hidden=flow_hidden, context_dim=hidden)
+        elif posterior == "ffjord":
+            options = {"divergence": "exact", "T": 0.5, "solver": "dopri5", "rtol": 1e-5,
+                       "atol": 1e-5, "adjoint": False, **(flow_options or {})}
+            self.flow = Chain([ConditionalCNF(d, hidden, d, hidden=(flow_hidden, flow_hidden),
+                                              **options) for _ in range(num_flows)])
         elif posterior == "flow":
             self.flow = flow
 

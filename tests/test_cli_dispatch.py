@@ -42,3 +42,27 @@ def test_dispatch_to_our_subcommands(capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["compare", str(tmp_path / "nope.yaml")])
     assert exc.value.code == 2 and "suite file" in capsys.readouterr().err
+
+
+def test_compile_switch_compiles_the_flow_before_fit(tmp_path, monkeypatch):
+    import torch
+
+    from .helpers import run_cli
+
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, *a, **k: compiled.append(type(self).__name__))
+    run_cli(tmp_path, "fit", "toy_realnvp", "--run.compile", "true", "--run.test_after_fit",
+            "false", "--trainer.max_steps", "2", "--data.init_args.n_train", "1024",
+            "--data.init_args.n_val", "500", "--data.init_args.n_test", "500")
+    assert compiled == ["RealNVP"]
+
+
+def test_compile_switch_refuses_continuous_flows(tmp_path):
+    from cnf.errors import ConfigError
+
+    from .helpers import run_cli
+
+    with pytest.raises(ConfigError, match="continuous flows"):
+        run_cli(tmp_path, "fit", "toy_ffjord", "--run.compile", "true",
+                "--trainer.max_steps", "1", "--data.init_args.n_train", "1024")

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cnf.compare import (Member, _select, finished, load_suite, main, parse_duration, plan,
-                         run_suite)
+from cnf.compare import Member, _select, finished, load_suite, main, parse_duration, plan, run_suite
 from cnf.errors import ConfigError
 from tests.conftest import REPO, tiny_suite_files
 
@@ -55,17 +54,46 @@ def test_shipped_toy_suite_plans_every_member_on_three_datasets():
     assert len(members) == len(suite.members) * 3 * len(suite.seeds)
     m = members[0]
     cmd = " ".join(m.command)
-    assert "--config configs/experiment/toy_realnvp.yaml --data configs/data/8gaussians.yaml" in cmd
+    # a dataset named in the suite only renames the member's data (its batch size stays)
+    assert "--config configs/experiment/toy_planar.yaml --data.init_args.name 8gaussians" in cmd
     assert "--trainer.max_steps 2000" in cmd and "--run.group toy" in cmd
-    assert '--run.tags ["toy", "realnvp", "8gaussians"]' in cmd
-    assert m.run_dir == str(Path("runs/toy/realnvp-8gaussians-s0"))
-    # shipped suites name configs by the agreed patterns
-    for name, prefix in (("tabular", "tabular_"), ("digits", "digits_"), ("vi", "vi_u"),
-                         ("vae", "vae_")):
-        import yaml
+    assert '--run.tags ["toy", "planar", "8gaussians"]' in cmd
+    assert m.run_dir == str(Path("runs/toy/planar-8gaussians-s0"))
+    # every toy experiment config on main is a member
+    assert {p.stem for p in suite.members} == {p.stem for p in (REPO / "configs/experiment").glob("toy_*.yaml")}
+    assert m.run_name == "planar-8gaussians-s0"
 
-        raw = yaml.safe_load((REPO / "experiments" / f"{name}.yaml").read_text())
-        assert raw["members"] and all(m.startswith(prefix) for m in raw["members"]), name
+
+@pytest.mark.parametrize("name", ["tabular", "digits", "vi", "vae"])
+def test_every_shipped_suite_loads_and_plans(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("CNF_DATA_DIR", str(tmp_path))  # no UCI files here
+    suite = load_suite(f"experiments/{name}.yaml")
+    members = plan(suite)
+    assert members and all(Path(m.config).exists() for m in members)
+    assert all("--data" not in m.command for m in members)  # members keep their own data
+    if name == "tabular":
+        assert {m.data for m in members} == {"wine", "breast_cancer"}
+        assert len(suite.left_out) == 20 and "needs" in suite.left_out[0]
+    if name == "vi":
+        assert "planar-u1-s0" in {m.run_name for m in members}
+
+
+def test_member_mapping_label_data_requires(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    (tmp_path / "present").mkdir()
+    suite_file = tmp_path / "s.yaml"
+    suite_file.write_text(
+        "name: s\nmembers:\n"
+        f"  - {{config: toy_realnvp, label: rnvp, data: u9, requires: {tmp_path}/present}}\n"
+        f"  - {{config: toy_maf, requires: '${{NO_SUCH_VAR:-{tmp_path}/absent}}'}}\n")
+    suite = load_suite(suite_file)
+    (m,) = plan(suite)
+    assert (m.label, m.data, m.run_name) == ("rnvp", "u9", "rnvp-u9-s0")
+    assert suite.left_out == [f"toy_maf (needs {tmp_path}/absent)"]
+    suite_file.write_text("members:\n  - {config: toy_realnvp, lable: x}\n")
+    with pytest.raises(ConfigError, match="member mapping"):
+        load_suite(suite_file)
 
 
 def test_time_budget_and_overrides(tmp_path):
@@ -83,9 +111,9 @@ def test_time_budget_and_overrides(tmp_path):
 def _fake_member(tmp_path: Path, i: int) -> Member:
     """A member whose 'run' records the GPU it was given and writes a finished summary."""
     run_dir = tmp_path / "runs" / "fake" / f"m{i}"
-    code = ("import json, os, pathlib, time; d = pathlib.Path(%r); d.mkdir(parents=True);"
+    code = (f"import json, os, pathlib, time; d = pathlib.Path({str(run_dir)!r}); d.mkdir(parents=True);"
             "time.sleep(0.3); (d / 'summary.json').write_text(json.dumps({'status': 'finished',"
-            "'gpu': os.environ.get('CUDA_VISIBLE_DEVICES')})); print('[fit] done')" % str(run_dir))
+            "'gpu': os.environ.get('CUDA_VISIBLE_DEVICES')})); print('[fit] done')")
     return Member(label=f"m{i}", config="x", data=None, data_config=None, seed=0,
                   run_name=f"m{i}", run_dir=str(run_dir), command=[sys.executable, "-c", code])
 

@@ -50,7 +50,7 @@ def test_every_set_has_the_four_models():
     names = {p.stem for p in CONFIGS}
     for s in SETS:
         assert {f"{s}_{m}" for m in ("realnvp", "maf", "nsf", "ffjord")} <= names, s
-    assert {"digits_realnvp", "digits_glow", "digits_realnvp_vardeq", "mnist_realnvp",
+    assert {"digits_realnvp", "digits_glow", "digits_realnvp_vardeq", "digits_resflow", "mnist_realnvp",
             "mnist_glow", "cifar10_realnvp", "cifar10_glow"} <= names
 
 

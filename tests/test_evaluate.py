@@ -121,6 +121,7 @@ def test_exact_evaluation_says_how():
     assert "averaged over 50 probe draws" in res.method
     # probe noise N(0, 1) per draw: the mean over 50 draws x 400 examples is within ~0.01
     assert res.nll == pytest.approx(truth, abs=0.03)
+    assert res.probe_stderr == pytest.approx(math.sqrt(1 / 50 / 400), rel=0.2)
     res = ev.exact_evaluate(Density(RealNVP(3), StandardNormal(3)), x)
     assert res.method.startswith("exact (closed-form")
 

@@ -10,20 +10,19 @@ per example) and the importance-weighted NLL ``test/nll_iw`` with ``iw_samples``
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable as SchedulerFactory
+from lightning.pytorch.cli import OptimizerCallable as OptimizerFactory
 from torch import Tensor
 
 from cnf.errors import ConfigError, NonFiniteError
 from cnf.vae import FlowVAE
 
 __all__ = ["VAE"]
-
-OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
 def _adam(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:

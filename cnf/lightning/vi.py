@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable as SchedulerFactory
+from lightning.pytorch.cli import OptimizerCallable as OptimizerFactory
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -34,9 +36,6 @@ from cnf.vi.estimators import effective_sample_size, free_energy, importance_log
 from cnf.vi.targets import Target
 
 __all__ = ["ReverseKL", "StepsDataModule", "TargetPlot2D"]
-
-OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
 def _adam(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -247,11 +246,8 @@ class ReverseKL(L.LightningModule):
         return out
 
     def _eval_step(self, stage: str) -> None:
-        was_grad = torch.is_grad_enabled()
-        # CNF divergences need autograd even at evaluation
-        with torch.set_grad_enabled(True):
+        with torch.enable_grad():  # CNF divergences need autograd even at evaluation
             est = self.estimates()
-        torch.set_grad_enabled(was_grad)
         for key, value in est.items():
             self.log(f"{stage}/{key}", value, prog_bar=stage == "val" and key == "free_energy",
                      batch_size=self.eval_samples, sync_dist=True)

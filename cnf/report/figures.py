@@ -10,9 +10,13 @@ from cnf.report.runs import Group, Run
 __all__ = ["colours", "learning_curves", "cost_quality", "pick_metric"]
 
 # the first of these that some run logged is the curve / table metric
-EVAL_METRICS = ("val/bpd", "val/nll", "val/loss", "val/elbo", "val/neg_elbo")
+# (bits/dim for images, NLL for densities, importance-weighted NLL for VAEs, KL / free
+# energy for variational inference); all lower-is-better
+EVAL_METRICS = ("val/bpd", "val/nll", "val/nll_iw", "val/kl", "val/free_energy",
+                "val/neg_elbo", "val/loss")
 TRAIN_METRICS = ("train/loss", "train/nll")
-TEST_METRICS = ("test/bpd", "test/nll", "test/loss", "test/elbo", "test/neg_elbo")
+TEST_METRICS = ("test/bpd", "test/nll", "test/nll_iw", "test/kl", "test/free_energy",
+                "test/neg_elbo", "test/loss")
 
 
 def _plt():
@@ -162,7 +166,7 @@ def cost_quality(groups: list[Group], path: Path, title: str) -> Path | None:
     plt = _plt()
     col = colours([g.label for g in groups])
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.6), squeeze=False)
-    better = "lower" if not key.endswith(("/elbo",)) else "higher"
+    better = "lower"
     for ax, data in zip(axes[0], datasets):
         for label, (qm, qs, _), (cm, cs, _) in pts[data]:
             ax.errorbar(cm * 1000, qm, xerr=cs * 1000, yerr=qs, fmt="o", color=col[label],

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from cnf.data.dequantization import (
-    DequantizedDensity, Dequantizer, VariationalDequantizer, bits_per_dim,
+    DequantizedDensity,
+    Dequantizer,
+    VariationalDequantizer,
+    bits_per_dim,
 )
 from cnf.distributions import StandardNormal
 from cnf.errors import ConfigError, DataError
