@@ -19,8 +19,10 @@ Part 2, toy NLL. IResNet, ResidualFlow (the configs' models: 8 blocks of 2×64),
 (lr 1e-3, fresh batches of ``--batch`` samples per step) on 8gaussians and checkerboard; test
 NLL (nats) on 5,000 held-out samples with the *exact* log-det for every model.
 
-    python experiments/bench/bench_residual.py                   # ~8-10 min at load 2-4
-    python experiments/bench/bench_residual.py --steps 200 --skip-toy
+    python experiments/bench/bench_residual.py          # 15 min measured at load 15 (2 cores),
+                                                        # FFJORD ~2/3 of it
+    python experiments/bench/bench_residual.py --skip-toy   # estimators only: 67 s at load 15
+    python experiments/bench/bench_residual.py --steps 200 --models IResNet ResidualFlow RealNVP
 """
 
 from __future__ import annotations
