@@ -67,7 +67,12 @@ def table_columns(groups: list[Group]) -> list[Column]:
                     if k.startswith("test/") and k not in fixed and k not in _SKIP_TEST
                     and "nfe" not in k})
     at = sum(c.key.startswith("test/") for c in cols[:2])
-    return cols[:at] + [Column(k, k, 3) for k in extra] + cols[at:]
+
+    def digits(key: str) -> int:  # counters (all whole numbers) print without decimals
+        vals = [v for r in runs if (v := r.metric(key)) is not None]
+        return 0 if vals and all(float(v).is_integer() for v in vals) else 3
+
+    return cols[:at] + [Column(k, k, digits(k)) for k in extra] + cols[at:]
 
 
 def format_stat(stat: tuple[float, float, int] | None, col: Column) -> str:
