@@ -6,7 +6,7 @@ NSF = rational-quadratic spline with 8 bins on [-5, 5] and identity tails. Runs 
 interleaved (ours and zuko's alternate, step by step) so background load hits both alike.
 
 Usage:
-    python experiments/bench/bench_discrete.py            # full run (~15 min on 2 cores)
+    python experiments/bench/bench_discrete.py            # full run (36 min at load 14 on 2 cores)
     python experiments/bench/bench_discrete.py --quick    # smoke run (~1 min)
 
 Needs zuko 1.6.0, the `bench` extra (never a runtime dependency):
