@@ -344,6 +344,7 @@ def run(args: list[str] | None = None, **kwargs: Any) -> CNFCLI:
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("cnf.compare", "run an experiment suite, then write its report"),
     "report": ("cnf.report", "write a comparison report from finished runs"),
+    "evaluate": ("cnf.evaluate", "sample, interpolate, anomaly scores, inpaint, exact NLL of a run"),
 }
 
 
@@ -360,7 +361,7 @@ def _dispatch(name: str, argv: list[str]) -> None:
             raise
         print(f"cnf {name}: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    sys.exit(status or 0)
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 def main(args: list[str] | None = None) -> None:

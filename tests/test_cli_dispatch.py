@@ -66,3 +66,18 @@ def test_compile_switch_refuses_continuous_flows(tmp_path):
     with pytest.raises(ConfigError, match="continuous flows"):
         run_cli(tmp_path, "fit", "toy_ffjord", "--run.compile", "true",
                 "--trainer.max_steps", "1", "--data.init_args.n_train", "1024")
+
+
+def test_evaluate_is_a_cnf_subcommand(tmp_path, capsys):
+    from tests.helpers import run_cli
+
+    fit = run_cli(tmp_path, "fit", "toy_realnvp", "--trainer.max_steps", "20",
+                  "--trainer.val_check_interval", "10", "--data.init_args.n_train", "2000",
+                  "--data.init_args.n_test", "1000")
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "exact", str(fit.run_dir)])
+    assert exc.value.code == 0
+    assert "nll" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "exact", str(tmp_path / "no_such_run")])
+    assert exc.value.code != 0
