@@ -12,11 +12,17 @@ export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export PYTHONUNBUFFERED := 1
 
-EXPERIMENTS := $(sort $(basename $(notdir $(wildcard configs/experiment/*.yaml))))
+# suites (experiments/<suite>.yaml) and our own targets win over same-named experiment configs
+SUITES := toy tabular digits vi vae
+OWN_TARGETS := help install test test-fast lint demo clean compare report $(SUITES)
+EXPERIMENTS := $(filter-out $(OWN_TARGETS),$(sort $(basename $(notdir $(wildcard configs/experiment/*.yaml)))))
 BENCHES := $(sort $(basename $(notdir $(wildcard experiments/bench/bench_*.py))))
+SUITE ?= toy
+RUNS ?= runs/$(SUITE)
+OUT ?= reports/$(notdir $(RUNS))
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint demo clean $(EXPERIMENTS) $(BENCHES)
+.PHONY: $(OWN_TARGETS) $(EXPERIMENTS) $(BENCHES)
 
 help: ## list the targets
 	@echo "cnf make targets:"
@@ -31,7 +37,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	cp constraints.txt $(VENV)/constraints.txt
 	@if [ -n "$(TORCH_PIN)" ]; then echo "$(TORCH_PIN)" >> $(VENV)/constraints.txt; $(PY) -m pip install -q "$(TORCH_PIN)"; fi
-	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[dev,data]"
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install cnf (CPU torch pinned)
@@ -47,6 +53,27 @@ lint: $(VENV)/.installed ## ruff over the package, tests and experiments
 
 demo: $(VENV)/.installed ## train RealNVP on 8gaussians (~1 min CPU) and show where outputs went
 	$(CNF) fit --config configs/experiment/toy_realnvp.yaml $(ARGS)
+
+toy: $(VENV)/.installed ## suite: every toy model on 8gaussians, checkerboard, 2spirals + report (ARGS='--max-steps 300')
+	$(CNF) compare experiments/toy.yaml $(ARGS)
+
+tabular: $(VENV)/.installed ## suite: discrete flows vs CNFs on tabular data + report
+	$(CNF) compare experiments/tabular.yaml $(ARGS)
+
+digits: $(VENV)/.installed ## suite: bits/dim on 8x8 digits + report
+	$(CNF) compare experiments/digits.yaml $(ARGS)
+
+vi: $(VENV)/.installed ## suite: variational inference on the U1-U4 energies + report
+	$(CNF) compare experiments/vi.yaml $(ARGS)
+
+vae: $(VENV)/.installed ## suite: VAE with Gaussian vs flow posteriors + report
+	$(CNF) compare experiments/vae.yaml $(ARGS)
+
+compare: $(VENV)/.installed ## run any suite, resuming finished runs: make compare SUITE=toy ARGS='--max-steps 300'
+	$(CNF) compare experiments/$(SUITE).yaml $(ARGS)
+
+report: $(VENV)/.installed ## comparison report from finished runs: make report RUNS=runs/toy [OUT=reports/toy]
+	$(CNF) report $(RUNS) --out $(OUT) $(ARGS)
 
 $(EXPERIMENTS): %: $(VENV)/.installed
 	$(CNF) fit --config configs/experiment/$@.yaml $(ARGS)

@@ -1,16 +1,26 @@
-"""The ``cnf`` command: Lightning CLI subcommands ``fit | validate | test | predict``.
+"""The ``cnf`` command: Lightning CLI subcommands ``fit | validate | test | predict``, plus
+``compare`` (run an experiment suite, :mod:`cnf.compare`) and ``report`` (comparison report
+from finished runs, :mod:`cnf.report`).
 
     cnf fit --config configs/experiment/toy_realnvp.yaml --trainer.max_steps 1000
     cnf fit --config configs/experiment/toy_realnvp.yaml --print_config
+    cnf compare experiments/toy.yaml --max-steps 500
+    cnf report runs/toy --out reports/toy
 
 Every run writes to ``runs/<experiment>/<run name>/``: ``config.yaml`` (resolved),
 ``checkpoints/{best,last}.ckpt``, ``metrics.csv``, ``summary.json``, ``plots/`` and, unless
 W&B is disabled, ``wandb/``. The ``run`` group of options names and places the run::
 
     --run.experiment NAME   (default: the stem of the last --config file)
-    --run.name NAME         (default: a timestamp; validate/test/predict with --ckpt_path
-                             inside a run directory write into that run)
+    --run.name NAME         (default: $CNF_RUN_NAME, else a timestamp; validate/test/predict
+                             with --ckpt_path inside a run directory write into that run)
     --run.wandb offline|online|disabled   (WANDB_MODE=disabled in the environment wins)
+    --run.progress auto|bar|lines|none    (auto: a bar on a terminal, else compact lines)
+
+Multi-process runs (``--trainer.strategy ddp --trainer.devices N``) name the run once: the
+first process exports ``CNF_RUN_NAME`` before Lightning starts the others. Under torchrun or
+SLURM, where every process starts on its own, the name comes from ``TORCHELASTIC_RUN_ID`` or
+``SLURM_JOB_ID`` (or set ``--run.name`` / ``CNF_RUN_NAME`` on every process).
 
 Errors a user can cause end with ``cnf: error: <what to change>`` and exit status 2; set
 ``CNF_DEBUG=1`` for the full traceback.
@@ -27,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -34,8 +45,9 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from cnf.errors import CNFError, ConfigError
 from cnf.lightning.callbacks import DensityPlot2D, RunSummary
+from cnf.lightning.progress import ElapsedTime, LineProgressBar
 
-__all__ = ["CNFCLI", "RunOptions", "run", "main"]
+__all__ = ["CNFCLI", "RunOptions", "run", "main", "default_run_name", "SUBCOMMANDS"]
 
 class _DropAdvertising(logging.Filter):
     """Lightning logs a 'try litlogger' tip on every run; keep logs about the run."""
@@ -68,7 +80,17 @@ class RunOptions:
         monitor_mode: ``min`` or ``max``.
         test_after_fit: after ``fit``, run ``test`` with the best checkpoint.
         plot_every_n_val: also plot 2D densities every that many validations (0: at the end).
+        progress: ``bar`` (a TQDM bar), ``lines`` (one line every ``progress_every`` steps:
+            loss, NFE, validation metric, ETA; for logs and CI), ``none``, or ``auto``: a bar
+            when stdout is a terminal, else lines.
         progress_refresh: progress-bar refresh interval in steps (keeps CI logs short).
+        progress_every: steps between progress lines (0: about 20 lines per run, and at
+            least one every 30 s).
+        compile: ``torch.compile`` the flow's forward (``flow.compile()``) before fit. On
+            one CPU thread it paid for spline flows (NSF 1.7x per step after ~80 s of
+            compiling), not for RealNVP, and not for CNFs (refused);
+            experiments/bench/bench_precision.py. Mixed precision is
+            ``--trainer.precision bf16-mixed``.
     """
 
     experiment: str | None = None
@@ -82,7 +104,46 @@ class RunOptions:
     monitor_mode: Literal["min", "max"] = "min"
     test_after_fit: bool = True
     plot_every_n_val: int = 0
+    progress: Literal["auto", "bar", "lines", "none"] = "auto"
     progress_refresh: int = 50
+    progress_every: int = 0
+    compile: bool = False
+
+
+def default_run_name(env: dict[str, str] | None = None) -> str:
+    """The run name when ``--run.name`` is not given; identical on every process of a run.
+
+    ``CNF_RUN_NAME`` when set by the user, or by the parent process that started this one
+    (Lightning's DDP launcher re-runs the command line with the parent's environment);
+    under torchrun / SLURM with several processes, ``torchrun-<TORCHELASTIC_RUN_ID>`` or
+    ``slurm-<SLURM_JOB_ID>[.<SLURM_STEP_ID>]``; otherwise a new timestamp, exported as
+    ``CNF_RUN_NAME`` for the processes Lightning is about to start.
+
+    Raises:
+        ConfigError: several independently started processes and no shared id to agree on.
+    """
+    env = os.environ if env is None else env
+    name, owner = env.get("CNF_RUN_NAME"), env.get("CNF_RUN_NAME_OWNER")
+    if name and (owner is None or owner == str(os.getppid())):
+        return name
+    world = int(env.get("WORLD_SIZE") or 1)
+    slurm_tasks = int(env.get("SLURM_NTASKS") or 1)
+    if world > 1 or slurm_tasks > 1:
+        rid = env.get("TORCHELASTIC_RUN_ID")
+        if rid and rid != "none":
+            return f"torchrun-{rid}"
+        if env.get("SLURM_JOB_ID"):
+            step = env.get("SLURM_STEP_ID")
+            return f"slurm-{env['SLURM_JOB_ID']}" + (f".{step}" if step else "")
+        raise ConfigError(
+            f"this is one of {max(world, slurm_tasks)} processes started independently, and "
+            "they must agree on the run directory: pass the same --run.name NAME (or "
+            "CNF_RUN_NAME=NAME) to every process, or start torchrun with --rdzv-id")
+    name = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")[:-3]
+    if env is os.environ:
+        os.environ["CNF_RUN_NAME"] = name
+        os.environ["CNF_RUN_NAME_OWNER"] = str(os.getpid())
+    return name
 
 
 class _SaveConfig(SaveConfigCallback):
@@ -128,7 +189,7 @@ class CNFCLI(LightningCLI):
             if parent.name == "checkpoints" and (parent.parent / "config.yaml").exists():
                 run_root, self.run_name = parent.parent.parent, parent.parent.name
         if self.run_name is None:
-            self.run_name = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")[:-3]
+            self.run_name = default_run_name()
         self.run_dir = run_root / self.run_name
         self.run_opts = opts
         self.cfg = cfg
@@ -174,10 +235,11 @@ class CNFCLI(LightningCLI):
             loggers.append(wb)
         config["logger"] = loggers
         config["default_root_dir"] = str(self.run_dir)
-        extra = [RunSummary(), DensityPlot2D(every_n_val_epochs=self.run_opts.plot_every_n_val)]
-        has_bar = any(isinstance(c, ProgressBar) for c in callbacks + list(config.get("callbacks") or []))
-        if config.get("enable_progress_bar") is not False and not has_bar:
-            extra.append(TQDMProgressBar(refresh_rate=self.run_opts.progress_refresh))
+        extra = [RunSummary(), DensityPlot2D(every_n_val_epochs=self.run_opts.plot_every_n_val),
+                 ElapsedTime()]
+        config["callbacks"], config["enable_progress_bar"], bar = self._progress(
+            list(config.get("callbacks") or []), callbacks, config.get("enable_progress_bar"))
+        extra += bar
         if self.subcommand == "fit":
             extra.append(ModelCheckpoint(
                 dirpath=str(self.run_dir / "checkpoints"), filename="best",
@@ -192,6 +254,40 @@ class CNFCLI(LightningCLI):
                 if isinstance(cb, RunSummary):
                     cb._path = lambda _t, d=self.run_dir: d / "summary.json"  # type: ignore[method-assign]
         return trainer
+
+    def _progress(self, configured: list, given: list, enabled: bool | None
+                  ) -> tuple[list, bool | None, list]:
+        """Apply ``run.progress``: a TQDM bar (the configured one, else one refreshing every
+        ``progress_refresh`` steps), compact lines, or nothing. Returns the configured
+        callbacks to keep, ``enable_progress_bar`` and the progress callbacks to add."""
+        mode = self.run_opts.progress
+        if mode == "auto":
+            mode = "bar" if sys.stdout.isatty() else "lines"
+        if enabled is False:
+            return configured, enabled, []
+        rest = [cb for cb in configured if not isinstance(cb, ProgressBar)]
+        if mode == "bar":
+            has_bar = any(isinstance(c, ProgressBar) for c in given + configured)
+            return configured, enabled, ([] if has_bar else
+                                         [TQDMProgressBar(refresh_rate=self.run_opts.progress_refresh)])
+        if mode == "none":
+            return rest, False, []
+        return rest, enabled, [LineProgressBar(every_n_steps=self.run_opts.progress_every or None)]
+
+    def before_fit(self) -> None:
+        if self.run_opts.compile:
+            flow = getattr(getattr(self.model, "density", None), "flow", None)
+            if not isinstance(flow, torch.nn.Module):
+                raise ConfigError("run.compile needs a model with a `density.flow` module; "
+                                  "drop --run.compile for this model")
+            from cnf.flows.continuous import CNF
+
+            if any(isinstance(m, CNF) for m in flow.modules()):
+                raise ConfigError(
+                    "run.compile does not support continuous flows: torch.compile failed on "
+                    "the adaptive solver and made fixed-step RK4 training 2x slower "
+                    "(experiments/bench/bench_precision.py); drop --run.compile")
+            flow.compile()
 
     def after_fit(self) -> None:
         if self.run_opts.test_after_fit and not self.trainer.interrupted:
@@ -244,8 +340,40 @@ def run(args: list[str] | None = None, **kwargs: Any) -> CNFCLI:
         raise
 
 
+# subcommands of our own, dispatched before LightningCLI: name -> (module, help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "compare": ("cnf.compare", "run an experiment suite, then write its report"),
+    "report": ("cnf.report", "write a comparison report from finished runs"),
+    "evaluate": ("cnf.evaluate", "sample, interpolate, anomaly scores, inpaint, exact NLL of a run"),
+}
+
+
+def _dispatch(name: str, argv: list[str]) -> None:
+    import importlib
+
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    try:
+        status = module.main(argv)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except CNFError as exc:
+        if os.environ.get("CNF_DEBUG"):
+            raise
+        print(f"cnf {name}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(status if isinstance(status, int) else 0)
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point ``cnf``."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in SUBCOMMANDS:
+        _dispatch(argv[0], argv[1:])
+    if argv and argv[0] in ("-h", "--help"):
+        print("cnf subcommands of our own (see `cnf <name> --help`):")
+        for name, (_, text) in SUBCOMMANDS.items():
+            print(f"  {name:10s} {text}")
+        print()
     if "OMP_NUM_THREADS" in os.environ:
         import torch
 

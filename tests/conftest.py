@@ -14,3 +14,66 @@ torch.set_num_threads(1)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+# -- finished runs for the compare / report tests (real `cnf fit` subprocesses) ----------
+from pathlib import Path as _Path  # noqa: E402
+
+REPO = _Path(__file__).resolve().parents[1]
+
+
+def tiny_suite_files(tmp: _Path) -> _Path:
+    """A suite of two real members (toy_realnvp and a 2-layer RealNVP) and one member whose
+    config is broken, on a small 8gaussians, 30 steps. Returns the suite file."""
+    cfg = tmp / "configs"
+    cfg.mkdir(parents=True, exist_ok=True)
+    model = (REPO / "configs/model/realnvp.yaml").read_text()
+    model = model.replace("num_layers: 8", "num_layers: 2").replace("hidden: 64", "hidden: 32")
+    (cfg / "tiny_model.yaml").write_text(model)
+    (cfg / "suite_small.yaml").write_text(
+        "# a 2-layer RealNVP\nseed_everything: 0\n"
+        f"trainer: {REPO}/configs/trainer/default.yaml\nmodel: {cfg}/tiny_model.yaml\n"
+        f"data: {REPO}/configs/data/8gaussians.yaml\n")
+    (cfg / "suite_broken.yaml").write_text(
+        "# broken on purpose\nseed_everything: 0\n"
+        f"trainer: {REPO}/configs/trainer/default.yaml\n"
+        "model:\n  class_path: cnf.lightning.DensityEstimation\n  init_args:\n"
+        "    density:\n      class_path: cnf.flows.NoSuchFlow\n"
+        f"data: {REPO}/configs/data/8gaussians.yaml\n")
+    suite = tmp / "suite.yaml"
+    suite.write_text(
+        "# tiny suite for tests\nname: suite\n"
+        f"members: [{REPO}/configs/experiment/toy_realnvp.yaml, {cfg}/suite_small.yaml, "
+        f"{cfg}/suite_broken.yaml]\n"
+        f"data: [{REPO}/configs/data/8gaussians.yaml]\n"
+        "budget: {max_steps: 30, validations: 3}\nseeds: [0]\nwandb: disabled\n"
+        "args: [--data.init_args.n_train, '4096', --data.init_args.n_val, '1000', "
+        "--data.init_args.n_test, '2000']\n")
+    return suite
+
+
+@pytest.fixture(scope="session")
+def suite_runs(tmp_path_factory):
+    """Run the tiny suite once with `cnf compare` (3 subprocesses, ~25 s on an idle
+    2-core machine) and return ``(workdir, exit status, printed output)``."""
+    import contextlib
+    import io
+
+    from cnf.compare import main as compare_main
+
+    work = tmp_path_factory.mktemp("compare")
+    suite = tiny_suite_files(work)
+    old_cwd, old_pp = os.getcwd(), os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(REPO) + (os.pathsep + old_pp if old_pp else "")
+    os.chdir(work)
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            status = compare_main([str(suite), "--out", str(work / "report")])
+    finally:
+        os.chdir(old_cwd)
+        if old_pp is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old_pp
+    return work, status, out.getvalue()

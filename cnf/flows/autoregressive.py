@@ -187,8 +187,7 @@ class MaskedAffineAutoregressive(Flow):
         self.made = MADE(dim, 2, hidden, context_dim, order, act, feature_major=False)
 
     def _params(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        h = self.made(x, context)
-        shift, raw = h[:, : self.dim], h[:, self.dim:]
+        shift, raw = self.made(x, context).chunk(2, dim=1)
         return shift, soft_clip(raw, self.log_scale_bound)
 
     def _check(self, x: Tensor) -> None:

@@ -28,7 +28,7 @@ Gaussian; ``n_probes`` independent probes are averaged.
 
 from __future__ import annotations
 
-import math
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -251,7 +251,5 @@ def make_estimator(name: str, **kwargs) -> LogDetEstimator:
     if name not in classes:
         raise ConfigError(f"unknown log-det estimator {name!r}; choose one of {sorted(classes)}")
     cls = classes[name]
-    import inspect
-
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     return cls(**{k: v for k, v in kwargs.items() if k in accepted})

@@ -77,7 +77,9 @@ class MovingBatchNorm(Flow):
     ``m ← m - decay (m - mean(x))``. With ``bn_lag = 0`` (FFJORD's default) training uses
     the running statistics *before* the update, so samples stay independent; with
     ``bn_lag > 0`` it uses a debiased lagged mix of batch and running statistics (and
-    gradients flow through the batch statistics). ``inverse`` always uses the running
+    gradients flow through the batch statistics; as in FFJORD, the debiasing divides by
+    ``1 - bn_lagᵏ⁺¹`` although the running variance starts at 1, not 0, so early variances
+    are overestimated). ``inverse`` always uses the running
     statistics, so ``forward`` and ``inverse`` are exact inverses in eval mode (or with
     ``bn_lag = 0`` between updates). Both directions are cheap.
 

@@ -4,9 +4,12 @@ The map is defined in the generative direction (latent ``z`` -> data ``x``)::
 
     x = z + û · tanh(wᵀz + b),      log|det dx/dz| = log|1 + (wᵀû) · tanh'(wᵀz + b)|
 
-and ``û = u + (m(wᵀu) - wᵀu) · w / ‖w‖²`` with ``m(a) = -1 + softplus(a)``, so that
-``wᵀû > -1`` for every parameter value: the map is then strictly increasing along ``w`` and
-invertible (the paper's Appendix A condition), enforced by the parameterization.
+and ``û = u + (m(wᵀu) - wᵀu) · w / ‖w‖²`` with ``m(a) = -1 + softplus(a + log(e - 1))``,
+so that ``wᵀû = m(wᵀu) > -1`` for every parameter value: the map is then strictly increasing
+along ``w`` and invertible (the paper's Appendix A condition), enforced by the
+parameterization. The paper's ``m`` is ``-1 + softplus(a)``; the shift ``log(e - 1)`` makes
+``m(0) = 0``, so a small random ``(u, w)`` starts near the identity (with the paper's ``m``,
+``û`` gains ``-0.31 · w / ‖w‖²``, which is large exactly when ``w`` is small).
 
 **Cheap direction: ``inverse`` (latent -> data, sampling)** is analytic. ``forward`` (data ->
 latent, density evaluation) is numerical: writing ``z = x - û tanh(α + b)`` with
@@ -23,6 +26,8 @@ only with that cost in mind.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,6 +36,9 @@ from cnf.errors import ConfigError, InverseError, ShapeError
 from cnf.flows.base import Chain, Flow
 
 __all__ = ["Planar", "PlanarFlow"]
+
+
+_M_SHIFT = math.log(math.e - 1)  # softplus(_M_SHIFT) = 1, so m(0) = 0
 
 
 def _default_tol(dtype: torch.dtype) -> float:
@@ -85,7 +93,7 @@ class Planar(Flow):
             u, w, b = u + du, w + dw, b + db
         wu = (w * u).sum(1, keepdim=True)
         w_sq = (w * w).sum(1, keepdim=True).clamp_min(1e-12)
-        u_hat = u + (F.softplus(wu) - 1 - wu) * w / w_sq
+        u_hat = u + (F.softplus(wu + _M_SHIFT) - 1 - wu) * w / w_sq
         return u_hat, w, b
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -13,7 +13,7 @@ with ``α = softplus(α̂) > 0`` and ``β = -α + softplus(β̂) > -α``: the in
 needs the radius: ``x - z0`` is parallel to ``z - z0`` and ``ρ = ‖x - z0‖ = r (1 + β/(α + r))``,
 so ``r`` is the positive root of ``r² + (α + β - ρ) r - αρ = 0``. We solve that quadratic in
 closed form (the cancellation-free branch of the formula for each sign of ``α + β - ρ``)
-rather than by iteration: the error is round-off only (measured ≤ 1e-12 in float64 in
+rather than by iteration: the error is round-off only (measured 1.3e-15 relative in float64 in
 ``tests/flows/test_radial.py``) and it is differentiable as written.
 """
 

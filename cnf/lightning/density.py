@@ -81,10 +81,11 @@ class DensityEstimation(L.LightningModule):
                 f"clip gradients (trainer.gradient_clip_val), or tighten the ODE tolerances. "
                 f"The last good checkpoint is kept in the run's checkpoints/ folder."
             )
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/nll", nll)
+        # under DDP every rank logs these keys each step: the mean over ranks is logged
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("train/nll", nll, sync_dist=True)
         for name, value in extra.items():
-            self.log(f"train/{name}", value)
+            self.log(f"train/{name}", value, sync_dist=True)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -99,7 +100,7 @@ class DensityEstimation(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # counters such as nfe_backward are complete only after the backward pass
-        self._log_stats("train")
+        self._log_stats("train", sync_dist=True)  # NFE etc.: mean over DDP ranks
         if self._step_started is not None:
             self.log("time/train_step_s", time.perf_counter() - self._step_started)
 

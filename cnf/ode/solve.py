@@ -22,7 +22,7 @@ are not relied on.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torchdiffeq
@@ -91,9 +91,6 @@ class SolverConfig:
     @property
     def fixed(self) -> bool:
         return self.method in FIXED_SOLVERS
-
-    def with_(self, **changes) -> SolverConfig:
-        return replace(self, **changes)
 
 
 class NFECounter:

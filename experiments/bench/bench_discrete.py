@@ -6,7 +6,7 @@ NSF = rational-quadratic spline with 8 bins on [-5, 5] and identity tails. Runs 
 interleaved (ours and zuko's alternate, step by step) so background load hits both alike.
 
 Usage:
-    python experiments/bench/bench_discrete.py            # full run (~15 min on 2 cores)
+    python experiments/bench/bench_discrete.py            # full run (36 min at load 14 on 2 cores)
     python experiments/bench/bench_discrete.py --quick    # smoke run (~1 min)
 
 Needs zuko 1.6.0, the `bench` extra (never a runtime dependency):
@@ -123,6 +123,27 @@ def speed_rows(kind: str, dim: int, steps: int, reps: int, n_eval: int, n_sample
     ]
 
 
+def copy_init(ours: Model, theirs: Model) -> None:
+    """Start ours from zuko's initial weights, after checking that every MADE mask agrees
+    (so the architectures are identical, not just the parameter counts). The NLL rows then
+    differ only by the implementations, not by the luck of the initial draw."""
+    for layer, zt in zip(ours.module.flow.flows, theirs.module.transform.transforms):
+        made = layer.made
+        zlin = [m for m in zt.hyper if hasattr(m, "mask")]
+        p, d = made.params_per_feature, made.dim
+        # zuko's output rows are feature-major (i·P + k), ours parameter-major (k·D + i)
+        perm = torch.tensor([i * p + k for k in range(p) for i in range(d)])
+        for i, (w, b, zl) in enumerate(zip(made.weights, made.biases, zlin)):
+            zw, zb, zm = zl.weight, zl.bias, zl.mask
+            if i == made.num_layers - 1:
+                zw, zb, zm = zw[perm], zb[perm], zm[perm]
+            if not torch.equal(getattr(made, f"mask{i}").bool(), zm.bool()):
+                raise RuntimeError(f"MADE masks differ from zuko's in layer {i}")
+            with torch.no_grad():
+                w.copy_(zw * zm)
+                b.copy_(zb)
+
+
 def nll_runs(dataset: str, kind: str, seed: int, steps: int, n_test: int) -> dict[str, float]:
     train = toy_sample(dataset, 100_000, seed=seed)
     test = toy_sample(dataset, n_test, seed=10_000 + seed)
@@ -130,6 +151,7 @@ def nll_runs(dataset: str, kind: str, seed: int, steps: int, n_test: int) -> dic
     for lib in ("ours", "zuko"):
         torch.manual_seed(seed)
         models[lib] = Model(lib, kind, 2)
+    copy_init(models["ours"], models["zuko"])
     g = torch.Generator().manual_seed(seed)
     nonfinite = {lib: 0 for lib in models}
     for _ in range(steps):
@@ -158,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=2000, help="training steps for the NLL rows")
     p.add_argument("--timing-steps", type=int, default=200)
     p.add_argument("--skip-nll", action="store_true")
+    p.add_argument("--skip-speed", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.steps, args.timing_steps = 1, 100, 20
@@ -167,21 +190,25 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, zuko {zuko.__version__}, threads {torch.get_num_threads()}, "
           f"python {platform.python_version()}, {platform.machine()}; load at start {load()}\n")
 
-    print("## Speed (ratio = ours / zuko; for sampling, zuko's rate / ours: < 1 means ours is faster)\n")
-    print("| model | D | params | metric | ours | zuko | ratio |")
-    print("|---|---|---|---|---|---|---|")
-    reps = 2 if args.quick else 5
-    for kind in ("MAF", "NSF"):
-        for dim in (2, 16):
-            n_eval = 10_000 if args.quick else 100_000
-            n_sample = (2_000 if args.quick else 100_000) if dim == 2 else (1_000 if args.quick else 10_000)
-            for row in speed_rows(kind, dim, args.timing_steps, reps, n_eval, n_sample):
-                print("| " + " | ".join(fmt(v) for v in row) + " |", flush=True)
-    print(f"\nload after the speed rows: {load()}\n")
+    if not args.skip_speed:
+        print("## Speed (ratio = ours / zuko; for sampling, zuko's rate / ours: < 1 means ours is "
+              "faster)\n")
+        print("| model | D | params | metric | ours | zuko | ratio |")
+        print("|---|---|---|---|---|---|---|")
+        reps = 2 if args.quick else 5
+        for kind in ("MAF", "NSF"):
+            for dim in (2, 16):
+                n_eval = 10_000 if args.quick else 100_000
+                n_sample = ((2_000 if args.quick else 100_000) if dim == 2
+                            else (1_000 if args.quick else 10_000))
+                for row in speed_rows(kind, dim, args.timing_steps, reps, n_eval, n_sample):
+                    print("| " + " | ".join(fmt(v) for v in row) + " |", flush=True)
+        print(f"\nload after the speed rows: {load()}\n")
 
     if not args.skip_nll:
         print(f"## Test NLL (nats, 20k test points) after {args.steps} steps, batch {BATCH}, "
-              f"Adam 1e-3, seeds 0..{args.seeds - 1}: mean ± sd\n")
+              f"Adam 1e-3, seeds 0..{args.seeds - 1}: mean ± sd. Both start from the same "
+              f"weights (zuko's draw, masks checked equal) and see the same batches\n")
         print("| data | model | ours | zuko | ours − zuko | non-finite losses (ours/zuko) |")
         print("|---|---|---|---|---|---|")
         for dataset in ("moons", "8gaussians"):

@@ -138,6 +138,36 @@ def _inverse(shape):
     return Inverse(_realnvp(shape))
 
 
+def _conv_coupling(mask):
+    from cnf.flows.image_coupling import ConvAffineCoupling
+
+    return lambda shape: perturb(ConvAffineCoupling(shape[0], mask, parity=1, hidden=8), 0.1)
+
+
+class _ImageContext(Flow):
+    """Test wrapper: a fixed image-shaped context (the same for every row) for couplings
+    conditioned pixel by pixel."""
+
+    def __init__(self, flow, shape, channels=2):
+        super().__init__()
+        self.flow = flow
+        g = torch.Generator().manual_seed(7)
+        self.register_buffer("ctx", torch.randn(1, channels, *shape[1:], generator=g))
+
+    def forward(self, x, context=None):
+        return self.flow(x, self.ctx.to(x).expand(x.shape[0], -1, -1, -1))
+
+    def inverse(self, z, context=None):
+        return self.flow.inverse(z, self.ctx.to(z).expand(z.shape[0], -1, -1, -1))
+
+
+def _conv_coupling_context(shape):
+    from cnf.flows.image_coupling import ConvAffineCoupling
+
+    return perturb(_ImageContext(ConvAffineCoupling(shape[0], "checkerboard", hidden=8,
+                                                    context_channels=2), shape), 0.1)
+
+
 def _unit_inputs(n, shape):
     """Data in (0, 1), away from the ends (for Logit)."""
     return 0.05 + 0.9 * torch.rand(n, *shape, dtype=torch.float64)
@@ -193,6 +223,9 @@ CASES: dict[str, Case] = {
     "iresnet": Case(lambda s: perturb(IResNet(s[0], num_blocks=2, hidden=16)), inputs=_shifted_inputs),
     "resflow": Case(lambda s: perturb(ResidualFlow(s[0], num_blocks=2, hidden=16)), inputs=_shifted_inputs),
     "conv_resflow": Case(lambda s: perturb(ConvResidualFlow(s, num_scales=2, blocks_per_scale=1, hidden=8)), shapes=((1, 4, 4), (2, 4, 4))),
+    "conv_coupling_checkerboard": Case(_conv_coupling("checkerboard"), shapes=((1, 4, 4), (2, 3, 3))),
+    "conv_coupling_channel": Case(_conv_coupling("channel"), shapes=((2, 3, 3), (3, 2, 2))),
+    "conv_coupling_image_context": Case(_conv_coupling_context, shapes=((1, 4, 4), (2, 3, 3))),
     "moving_batchnorm": Case(_moving_bn, inputs=_shifted_inputs),
     "cnf": Case(_cnf, shapes=((2,), (3,))),
     "cnf_hutchinson_learned_T": Case(_cnf_hutch_T, shapes=((2,),)),

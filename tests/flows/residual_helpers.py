@@ -10,6 +10,9 @@ normalization is active (several singular values at the cap).
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import torch
 from torch import Tensor
 
@@ -20,6 +23,15 @@ from cnf.flows.residual import ResidualBlock, lipschitz_mlp
 def trained_net(dim: int, coeff: float = 0.97, act: str = "elu", hidden: int = 32,
                 depth: int = 1, steps: int = 200, gain: float = 0.8, seed: int = 0,
                 dtype: torch.dtype = torch.float64, **power_kw) -> torch.nn.Module:
+    """A fresh copy of the trained net (training runs once per argument set per session)."""
+    key = (dim, coeff, act, hidden, depth, steps, gain, seed, dtype,
+           tuple(sorted(power_kw.items())))
+    return copy.deepcopy(_trained_net(*key))
+
+
+@functools.cache
+def _trained_net(dim, coeff, act, hidden, depth, steps, gain, seed, dtype, power_kw):
+    power_kw = dict(power_kw)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))

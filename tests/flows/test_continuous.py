@@ -10,7 +10,6 @@ from cnf.distributions import Density, StandardNormal
 from cnf.errors import ConfigError, ShapeError, SolverError
 from cnf.flows.base import exact_logdet, gather
 from cnf.flows.continuous import CNF, FFJORD
-from cnf.flows.normalization import MovingBatchNorm
 
 TIGHT = dict(rtol=1e-9, atol=1e-9)
 
@@ -171,20 +170,6 @@ def test_exploding_cnf_raises_instead_of_hanging():
     with pytest.raises(SolverError):
         cnf(torch.randn(16, 2) * 10)
     assert cnf._counter.forward <= 501
-
-
-def test_moving_batchnorm_tracks_statistics_and_inverts_in_eval():
-    bn = MovingBatchNorm(2, decay=0.5)
-    x = torch.randn(1000, 2) * torch.tensor([3.0, 0.5]) + torch.tensor([1.0, -2.0])
-    for _ in range(30):
-        bn(x)
-    torch.testing.assert_close(bn.running_mean, x.mean(0), atol=1e-4, rtol=0)
-    bn.eval()
-    z, ld = bn(x)
-    assert z.std(0).sub(1).abs().max() < 0.01
-    x_rec, ld_inv = bn.inverse(z)
-    torch.testing.assert_close(x_rec, x, atol=1e-5, rtol=0)
-    torch.testing.assert_close(ld + ld_inv, torch.zeros(1000))
 
 
 def test_density_with_ffjord_and_user_errors():

@@ -1,0 +1,58 @@
+"""Comparison reports from finished runs: ``cnf report RUNS_DIR --out reports/<name>``.
+
+Reads only local run files (``summary.json``, ``metrics.csv``, ``config.yaml``, ``plots/``),
+so it works offline; writes ``report.md`` with ``figures/*.png`` and one self-contained
+``report.html``. ``--wandb`` also saves the comparison as a W&B Report when the Reports API
+(wandb-workspaces), a key and a server are available, and says why not otherwise.
+
+Example::
+
+    cnf report runs/toy --out reports/toy
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cnf.report.render import write_report
+from cnf.report.runs import Group, Run, group_runs, load_runs
+
+__all__ = ["write_report", "load_runs", "group_runs", "Run", "Group", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``cnf report``; returns the exit status."""
+    p = argparse.ArgumentParser(prog="cnf report", description="Write a comparison report "
+                                "(Markdown, PNG figures, self-contained HTML) from finished runs.")
+    p.add_argument("runs_dir", help="folder holding run directories, e.g. runs/toy")
+    p.add_argument("--out", help="output folder (default: reports/<name of RUNS_DIR>)")
+    p.add_argument("--title", help="report title")
+    p.add_argument("--wandb", action="store_true",
+                   help="also save the comparison as a W&B Report (needs wandb-workspaces, "
+                        "a key and network)")
+    p.add_argument("--project", default="cnf", help="W&B project of the runs (with --wandb)")
+    p.add_argument("--entity", default=None, help="W&B entity (with --wandb)")
+    args = p.parse_args(argv)
+    runs_dir = Path(args.runs_dir)
+    out = Path(args.out) if args.out else Path("reports") / runs_dir.resolve().name
+    title = args.title or f"cnf comparison: {runs_dir.resolve().name}"
+    paths = write_report(runs_dir, out, title=title)
+    print(f"cnf report: {paths['html']}\n  markdown  {paths['markdown']}\n  figures   {paths['figures']}")
+    if args.wandb:
+        from cnf.report.wandb_report import build_spec, can_publish, publish
+
+        ok, why = can_publish()
+        if not ok:
+            print(f"cnf report: W&B report not created: {why}")
+            return 0
+        spec = build_spec(load_runs(runs_dir), project=args.project, entity=args.entity,
+                          title=title)
+        try:
+            url = publish(spec)
+        except Exception as exc:  # network or server errors: the local report stands
+            print(f"cnf report: W&B report not created ({type(exc).__name__}: {exc}); "
+                  f"the local report is complete")
+            return 0
+        print(f"cnf report: W&B report {url}")
+    return 0

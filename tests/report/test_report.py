@@ -1,0 +1,122 @@
+"""`cnf report`: reading runs, aggregating seeds, Markdown/HTML/PNG output, the W&B spec."""
+
+import base64
+import json
+import re
+import shutil
+
+import pytest
+
+from cnf.errors import DataError
+from cnf.report import load_runs, main, write_report
+from cnf.report.render import Column, format_stat
+from cnf.report.runs import config_differences, flatten, group_runs, mean_std
+from cnf.report.wandb_report import build_spec, can_publish
+
+
+def test_flatten_drops_init_args_and_names_classes():
+    cfg = {"model": {"class_path": "a.b.DensityEstimation",
+                     "init_args": {"density": {"class_path": "x.RealNVP",
+                                               "init_args": {"num_layers": 8}}}},
+           "trainer": {"callbacks": [{"class_path": "p.Bar", "init_args": {"r": 5}}]}}
+    assert flatten(cfg) == {"model": "DensityEstimation", "model.density": "RealNVP",
+                            "model.density.num_layers": 8, "trainer.callbacks[0]": "Bar",
+                            "trainer.callbacks[0].r": 5}
+
+
+def test_stats_and_formatting():
+    assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5), 2)
+    assert mean_std([4.0]) == (4.0, 0.0, 1)
+    assert format_stat((1.23456, 0.01, 3), Column("k", "k", 3)) == "1.235 ± 0.010"
+    assert format_stat((1.23456, 0.0, 1), Column("k", "k", 3)) == "1.235"
+    assert format_stat((0.0123, 0.001, 2), Column("k", "k", 1, 1000.0)) == "12.3 ± 1.0"
+    assert format_stat((35344, 0, 1), Column("k", "k", 0)) == "35,344"
+    assert format_stat(None, Column("k", "k")) == "—"
+
+
+def test_no_runs_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_runs(tmp_path / "nothing")
+    with pytest.raises(DataError, match="no runs under"):
+        load_runs(tmp_path)
+
+
+@pytest.mark.slow
+def test_report_on_real_runs(suite_runs, tmp_path, capsys):
+    work, _, _ = suite_runs
+    runs_dir = tmp_path / "runs"
+    shutil.copytree(work / "runs" / "suite", runs_dir)
+    # a second seed of toy_realnvp: the real run's files with another seed and NLL
+    src = runs_dir / "toy_realnvp-8gaussians-s0"
+    dst = runs_dir / "toy_realnvp-8gaussians-s1"
+    shutil.copytree(src, dst)
+    (dst / "config.yaml").write_text((dst / "config.yaml").read_text().replace(
+        "seed_everything: 0", "seed_everything: 1"))
+    s0 = json.loads((src / "summary.json").read_text())
+    s1 = dict(s0, metrics=dict(s0["metrics"], **{"test/nll": s0["metrics"]["test/nll"] + 0.2}))
+    (dst / "summary.json").write_text(json.dumps(s1))
+    state = json.loads((runs_dir / "suite.json").read_text())
+    first = next(m for m in state["members"] if m["run_name"] == src.name)
+    state["members"].append(dict(first, seed=1, run_name=dst.name, run_dir=str(dst)))
+    (runs_dir / "suite.json").write_text(json.dumps(state))
+
+    runs = load_runs(runs_dir)
+    labels = {(r.label, r.seed, r.status) for r in runs}
+    assert {("toy_realnvp", 0, "finished"), ("toy_realnvp", 1, "finished"),
+            ("small", 0, "finished"), ("broken", 0, "failed")} <= labels
+    groups = {g.label: g for g in group_runs(runs)}
+    mean, std, n = groups["toy_realnvp"].stat("test/nll")
+    assert n == 2 and mean == pytest.approx(s0["metrics"]["test/nll"] + 0.1)
+    assert std == pytest.approx(0.2 / 2 ** 0.5)
+    keys, table = config_differences(runs)
+    assert "model.density.flow.num_layers" in keys
+    assert table["toy_realnvp"]["model.density.flow.num_layers"] == "8"
+    assert table["small"]["model.density.flow.num_layers"] == "2"
+    assert not any(k.startswith(("run.", "seed")) for k in keys)
+
+    out = tmp_path / "report"
+    assert main([str(runs_dir), "--out", str(out), "--wandb"]) == 0
+    printed = capsys.readouterr().out
+    assert "W&B report not created" in printed  # no wandb-workspaces / key here
+    md = (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    # the table: both models, seeds aggregated, the failure listed with its cause
+    row = next(ln for ln in md.splitlines() if ln.startswith("| toy_realnvp |"))
+    assert "| 2/2 |" in row and " ± " in row
+    assert "test NLL (nats)" in md and "peak RSS (MB)" in md and "train step (ms, median)" in md
+    assert "Runs that did not finish" in md and "NoSuchFlow" in md
+    assert "model.density.flow.num_layers" in md
+    # figures exist, are PNGs, and the HTML embeds every image it shows
+    for name in ("learning_curves.png", "quality_vs_cost.png"):
+        assert (out / "figures" / name).read_bytes()[:4] == b"\x89PNG"
+        assert f"figures/{name}" in md
+    assert len(list((out / "figures" / "runs").glob("*.png"))) == 2  # one per model
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 4
+    assert all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
+    assert "src=\"figures" not in page and "http" not in page.split("<body>")[1]
+
+    # the W&B report spec, built without a server
+    spec = build_spec(runs, project="cnf", title="t")
+    grid = next(b for b in spec["blocks"] if b["type"] == "panel_grid")
+    assert grid["runset"]["filters"] == "Metric('group') == 'suite'"
+    assert "toy_realnvp-8gaussians-s1" in grid["runset"]["run_names"]
+    ys = [p.get("y") for p in grid["panels"] if p["type"] == "line"]
+    assert ["val/nll"] in ys and ["train/loss"] in ys
+    assert {"type": "bar", "title": "test/nll", "metrics": ["test/nll"]} in grid["panels"]
+    assert json.loads(json.dumps(spec)) == spec
+
+
+def test_can_publish_says_why_not(monkeypatch):
+    ok, why = can_publish({"WANDB_API_KEY": "x"})
+    assert not ok and ("wandb-workspaces" in why or "WANDB_MODE" in why)
+
+
+@pytest.mark.slow
+def test_write_report_on_plain_experiment_folder(suite_runs, tmp_path):
+    """Runs not made by a suite are labelled by their experiment folder."""
+    work, _, _ = suite_runs
+    plain = tmp_path / "runs" / "toy_realnvp"
+    shutil.copytree(work / "runs" / "suite" / "toy_realnvp-8gaussians-s0", plain / "20260101-000000-000")
+    paths = write_report(tmp_path / "runs", tmp_path / "rep")
+    assert "| toy_realnvp | 1/1 |" in paths["markdown"].read_text()
