@@ -7,7 +7,8 @@ and raises :class:`cnf.errors.SolverError` instead of hanging). The divergence e
 live in :mod:`cnf.ode.divergence`.
 """
 
+from cnf.ode.conv import CONV_LAYER_TYPES, ConvODENet
 from cnf.ode.nets import LAYER_TYPES, ODENet
 from cnf.ode.solve import NFECounter, SolverConfig, odeint_cnf
 
-__all__ = ["ODENet", "LAYER_TYPES", "SolverConfig", "NFECounter", "odeint_cnf"]
+__all__ = ["ODENet", "LAYER_TYPES", "ConvODENet", "CONV_LAYER_TYPES", "SolverConfig", "NFECounter", "odeint_cnf"]

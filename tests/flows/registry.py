@@ -16,6 +16,7 @@ from torch import Tensor
 from cnf.flows.autoregressive import IAF, MAF, MaskedAffineAutoregressive
 from cnf.flows.base import Chain, Flow, Inverse
 from cnf.flows.continuous import CNF, FFJORD
+from cnf.flows.continuous_image import FFJORDMultiscale, ImageCNF
 from cnf.flows.coupling import (
     AffineCoupling,
     ImageAffineCoupling,
@@ -130,6 +131,23 @@ def _ffjord(shape):
     return perturb(FFJORD(shape[0], num_blocks=2, norm="batchnorm", T=0.3, **_TIGHT), scale=0.2)
 
 
+_TIGHT_IMAGE = {**_TIGHT, "hidden": (8,)}
+
+
+def _image_cnf(shape):
+    # concatsquash conv layers, tanh, Hutchinson in training and the autograd trace
+    return perturb(ImageCNF(shape, layer_type="concatsquash", act="tanh", T=0.4, train_T=True,
+                            divergence="hutchinson", probe="rademacher",
+                            divergence_impl="autograd", **_TIGHT_IMAGE), scale=0.2)
+
+
+def _ffjord_multiscale(shape):
+    # FFJORD's image model (concat conv layers, softplus, forward-mode exact trace); T and
+    # the perturbation keep the brute-force Jacobians cheap (log-dets still ~1, |z - x| ~1)
+    return perturb(FFJORDMultiscale(shape, scales=2, blocks_per_scale=1, T=0.25,
+                                    **_TIGHT_IMAGE), scale=0.15)
+
+
 def _moving_bn(shape):
     return perturb(MovingBatchNorm(shape[0]))
 
@@ -230,6 +248,8 @@ CASES: dict[str, Case] = {
     "cnf": Case(_cnf, shapes=((2,), (3,))),
     "cnf_hutchinson_learned_T": Case(_cnf_hutch_T, shapes=((2,),)),
     "ffjord": Case(_ffjord, shapes=((2,), (3,)), inputs=_shifted_inputs),
+    "image_cnf": Case(_image_cnf, shapes=((2, 2, 2),)),
+    "ffjord_multiscale": Case(_ffjord_multiscale, shapes=((1, 4, 4), (2, 4, 4))),
     # elementwise
     "elementwise_affine": Case(lambda s: perturb(ElementwiseAffine(s)), shapes=((3,), (2, 3, 3))),
     "leaky_relu": Case(_leaky_relu_chain),
