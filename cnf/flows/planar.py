@@ -15,7 +15,8 @@ parameterization. The paper's ``m`` is ``-1 + softplus(a)``; the shift ``log(e -
 latent, density evaluation) is numerical: writing ``z = x - û tanh(α + b)`` with
 ``α = wᵀz``, the scalar ``α`` solves ``α + (wᵀû) tanh(α + b) = wᵀx``, a strictly increasing
 1D equation whose root lies in ``[wᵀx - |wᵀû|, wᵀx + |wᵀû|]``. It is solved by Newton's
-method safeguarded by bisection to ``|residual| ≤ tol · (1 + |wᵀx|)`` (``tol`` defaults to
+method safeguarded by bisection to ``|residual| ≤ tol · (1 + |wᵀx| + |wᵀû|)`` — relative to
+the size of the terms, which is what float arithmetic can resolve (``tol`` defaults to
 1e-12 in float64, 1e-6 in float32); gradients flow through the root by the implicit function
 theorem (one differentiable Newton step at the converged root). A root not reached in
 ``max_iter`` iterations raises :class:`cnf.errors.InverseError`.
@@ -128,7 +129,9 @@ class Planar(Flow):
         tol = self.tol if self.tol is not None else _default_tol(s.dtype)
         lo, hi = s - c.abs(), s + c.abs()
         alpha = (s - c * torch.tanh(s + b)).clamp(lo, hi)
-        scale = 1 + s.abs()
+        # relative to the terms of g: with a large |c| (e.g. after lr-1e-2 training) the
+        # residual cannot be resolved below eps·|c| in float32
+        scale = 1 + s.abs() + c.abs()
         for it in range(1, self.max_iter + 1):
             h = torch.tanh(alpha + b)
             g = alpha + c * h - s
