@@ -72,8 +72,8 @@ class ImageCNF(Flow):
 
     def _run(self, x: Tensor, context: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor]:
         if tuple(x.shape[1:]) != self.shape:
-            raise ShapeError(f"ImageCNF{self.shape} expects [batch, {', '.join(map(str, self.shape))}], "
-                             f"got {list(x.shape)}")
+            dims = ", ".join(map(str, self.shape))
+            raise ShapeError(f"ImageCNF{self.shape} expects [batch, {dims}], got {list(x.shape)}")
         flat = x.reshape(x.shape[0], -1)
         z, logdet = self.cnf.inverse(flat, context) if reverse else self.cnf(flat, context)
         return z.reshape(x.shape), logdet

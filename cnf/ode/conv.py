@@ -12,9 +12,9 @@ convolution (stride 1, "same" padding) in place of the linear map:
                    FFJORD's ``ConcatSquashConv2d``)
 ================ ================================================================
 
-:class:`ConvODENet` takes the flattened state ``[B, C·H·W]`` (what :class:`cnf.flows.continuous.CNF`
-integrates) and reshapes it internally, so every CNF feature (exact / Hutchinson traces, RNODE
-terms, NFE counts, adjoint) applies unchanged. ``forward_jvp`` writes forward-mode
+:class:`ConvODENet` takes the flattened state ``[B, C·H·W]`` (what
+:class:`cnf.flows.continuous.CNF` integrates) and reshapes it internally, so every CNF
+feature (exact / Hutchinson traces, RNODE terms, NFE counts, adjoint) applies unchanged. ``forward_jvp`` writes forward-mode
 Jacobian-vector products out per layer, so the exact trace of a ``D``-pixel state costs one
 batched pass over ``D`` tangents instead of ``D`` backward passes.
 """

@@ -42,21 +42,26 @@ def _brute_logabsdet(fn, x):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("impl", ["jvp", "autograd"])
-def test_exact_logdet_equals_brute_force_jacobian(impl):
+def test_exact_logdet_equals_brute_force_jacobian():
     """The exact-trace log-det of the solved map equals log|det| of its autograd Jacobian
-    (float64, dopri5 at 1e-10: measured max difference 1.0e-9, the same for both trace
-    implementations; the log-dets are -0.34 and -0.32)."""
+    (float64, dopri5 at 1e-10: measured max difference 1.0e-9; the log-dets are -0.34 and
+    -0.32). The autograd trace gives the same numbers as the forward-mode one (measured
+    difference 2.8e-16)."""
     torch.manual_seed(0)
     flow = perturb(FFJORDMultiscale((1, 4, 4), scales=2, blocks_per_scale=1, T=0.5,
-                                    divergence="exact", divergence_impl=impl, **TIGHT),
+                                    divergence="exact", divergence_impl="jvp", **TIGHT),
                    scale=0.2).double().eval()
-    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)[: 2 if impl == "jvp" else 1]
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
     with torch.no_grad():
         _, logdet = flow(x)
     brute = _brute_logabsdet(lambda v: flow(v), x)
     assert brute.abs().min() > 0.3  # the map is far from volume preserving
     torch.testing.assert_close(logdet, brute, rtol=0, atol=1e-8)
+    for block in flow.blocks:
+        block.divergence_impl = "autograd"
+    with torch.no_grad():
+        _, logdet_autograd = flow(x)
+    torch.testing.assert_close(logdet_autograd, logdet, rtol=0, atol=1e-11)
 
 
 def test_hutchinson_is_unbiased():
