@@ -16,6 +16,7 @@ from torch import Tensor
 from cnf.distributions import Density
 from cnf.errors import NonFiniteError
 from cnf.flows.base import exact_logdet, gather
+from cnf.lightning.base import OptimizationMixin
 
 __all__ = ["DensityEstimation"]
 
@@ -24,7 +25,7 @@ def _adam(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-3)
 
 
-class DensityEstimation(L.LightningModule):
+class DensityEstimation(OptimizationMixin, L.LightningModule):
     """Train ``density`` on mean negative log-likelihood (nats per sample).
 
     Logs ``train/loss``, ``train/nll``, ``val/nll``, ``test/nll``, ``time/train_step_s``,
@@ -88,15 +89,6 @@ class DensityEstimation(L.LightningModule):
             self.log(f"train/{name}", value, sync_dist=True)
         return loss
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        bad = [n for n, p in self.named_parameters()
-               if p.grad is not None and not torch.isfinite(p.grad).all()]
-        if bad:
-            raise NonFiniteError(
-                f"non-finite gradients at step {self.global_step} in {bad[:5]}; lower the "
-                f"learning rate or clip gradients (trainer.gradient_clip_val). The weights were "
-                f"not updated and the last good checkpoint is kept."
-            )
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # counters such as nfe_backward are complete only after the backward pass
@@ -131,12 +123,3 @@ class DensityEstimation(L.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Per-example log-likelihood (nats): the anomaly score of each input."""
         return self._eval_log_prob(self.batch_data(batch))
-
-    # -- optimization --------------------------------------------------------------------
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

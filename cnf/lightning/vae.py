@@ -20,6 +20,7 @@ from lightning.pytorch.cli import OptimizerCallable as OptimizerFactory
 from torch import Tensor
 
 from cnf.errors import ConfigError, NonFiniteError
+from cnf.lightning.base import OptimizationMixin
 from cnf.vae import FlowVAE
 
 __all__ = ["VAE"]
@@ -29,7 +30,7 @@ def _adam(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-3)
 
 
-class VAE(L.LightningModule):
+class VAE(OptimizationMixin, L.LightningModule):
     """Maximize the ELBO of ``vae`` (see the module docstring for the metrics).
 
     Args:
@@ -118,13 +119,7 @@ class VAE(L.LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "test", self.iw_samples)
 
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
 
 
 def _needs_grad(flow: torch.nn.Module) -> bool:

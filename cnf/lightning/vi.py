@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from cnf.distributions import Density
 from cnf.errors import CNFError, ConfigError, NonFiniteError
 from cnf.flows.base import exact_logdet, gather
+from cnf.lightning.base import OptimizationMixin
 from cnf.vi.estimators import effective_sample_size, free_energy, importance_log_z
 from cnf.vi.targets import Target
 
@@ -82,7 +83,7 @@ class StepsDataModule(L.LightningDataModule):
         return DataLoader(_Steps(self.test_batches), batch_size=1)
 
 
-class ReverseKL(L.LightningModule):
+class ReverseKL(OptimizationMixin, L.LightningModule):
     """Fit ``density`` (the approximation q) to ``target`` by minimizing the free energy.
 
     Logs ``train/loss`` (the annealed free energy plus any flow regularizers),
@@ -195,13 +196,6 @@ class ReverseKL(L.LightningModule):
             self.log(f"train/{name}", value)
         return loss
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        bad = [n for n, p in self.named_parameters()
-               if p.grad is not None and not torch.isfinite(p.grad).all()]
-        if bad:
-            raise NonFiniteError(
-                f"non-finite gradients at step {self.global_step} in {bad[:5]}; lower the "
-                f"learning rate or clip gradients (trainer.gradient_clip_val)")
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         for key, value in gather(self.density, "stats").items():
@@ -259,15 +253,6 @@ class ReverseKL(L.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step("test")
-
-    # -- optimization --------------------------------------------------------------------
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 class TargetPlot2D(L.Callback):
