@@ -154,3 +154,11 @@ def test_lr_scheduler_from_config_steps_every_step(tmp_path):
                   "--data.init_args.n_train", "2000", "--run.test_after_fit", "false")
     lr = cli.trainer.optimizers[0].param_groups[0]["lr"]
     assert abs(lr - 0.5e-3) < 1e-6  # cosine half way: (1 + cos(pi/2)) / 2 * 1e-3
+
+
+def test_periodic_density_plots(tmp_path):
+    cli = run_cli(tmp_path, "fit", "toy_realnvp", "--trainer.max_steps", "20",
+                  "--trainer.val_check_interval", "10", "--data.init_args.n_train", "2000",
+                  "--run.plot_every_n_val", "1", "--run.test_after_fit", "false")
+    plots = sorted(p.name for p in (cli.run_dir / "plots").glob("*.png"))
+    assert plots == ["density_final.png", "density_step10.png", "density_step20.png"]

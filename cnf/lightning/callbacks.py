@@ -17,7 +17,7 @@ import torch
 
 from cnf.flows.base import exact_logdet
 
-__all__ = ["DensityPlot2D", "RunSummary", "peak_memory_mb", "run_dir"]
+__all__ = ["PeriodicPlot", "DensityPlot2D", "RunSummary", "peak_memory_mb", "run_dir"]
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -49,7 +49,35 @@ def _as_float(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-class DensityPlot2D(L.Callback):
+class PeriodicPlot(L.Callback):
+    """Calls ``self.plot(trainer, pl_module, filename)`` at the end of fit
+    (``<final_name>.png``) and, when ``every_n_val_epochs > 0``, every that many validations
+    (``<step_prefix><global step>.png``). Subclasses implement ``plot``."""
+
+    final_name = "plot"
+    step_prefix = "plot_step"
+
+    def __init__(self, every_n_val_epochs: int = 0):
+        super().__init__()
+        self.every_n_val_epochs = every_n_val_epochs
+        self._val_count = 0
+        self.last_path: Path | None = None
+
+    def plot(self, trainer: L.Trainer, pl_module: L.LightningModule, filename: str) -> Path | None:
+        raise NotImplementedError
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.every_n_val_epochs <= 0:
+            return
+        self._val_count += 1
+        if self._val_count % self.every_n_val_epochs == 0:
+            self.plot(trainer, pl_module, f"{self.step_prefix}{trainer.global_step}.png")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.plot(trainer, pl_module, f"{self.final_name}.png")
+
+
+class DensityPlot2D(PeriodicPlot):
     """Save a PNG of the data, the learned density and samples of a 2D model.
 
     Written to ``<run dir>/plots/density_final.png`` at the end of fit and, when
@@ -57,15 +85,15 @@ class DensityPlot2D(L.Callback):
     Models whose data is not 2D are skipped silently.
     """
 
+    final_name = "density_final"
+    step_prefix = "density_step"
+
     def __init__(self, every_n_val_epochs: int = 0, grid_size: int = 100, n_samples: int = 5000,
                  extent: float | None = None):
-        super().__init__()
-        self.every_n_val_epochs = every_n_val_epochs
+        super().__init__(every_n_val_epochs)
         self.grid_size = grid_size
         self.n_samples = n_samples
         self.extent = extent
-        self._val_count = 0
-        self.last_path: Path | None = None
 
     def _data(self, trainer: L.Trainer) -> torch.Tensor | None:
         dm = trainer.datamodule
@@ -74,16 +102,6 @@ class DensityPlot2D(L.Callback):
             if isinstance(x, torch.Tensor):
                 return x
         return None
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.every_n_val_epochs <= 0:
-            return
-        self._val_count += 1
-        if self._val_count % self.every_n_val_epochs == 0:
-            self.plot(trainer, pl_module, f"density_step{trainer.global_step}.png")
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.plot(trainer, pl_module, "density_final.png")
 
     def plot(self, trainer: L.Trainer, pl_module: L.LightningModule, filename: str) -> Path | None:
         if not trainer.is_global_zero:

@@ -33,6 +33,7 @@ from cnf.distributions import Density
 from cnf.errors import CNFError, ConfigError, NonFiniteError
 from cnf.flows.base import exact_logdet, gather
 from cnf.lightning.base import OptimizationMixin
+from cnf.lightning.callbacks import PeriodicPlot
 from cnf.vi.estimators import effective_sample_size, free_energy, importance_log_z
 from cnf.vi.targets import Target
 
@@ -255,28 +256,18 @@ class ReverseKL(OptimizationMixin, L.LightningModule):
         self._eval_step("test")
 
 
-class TargetPlot2D(L.Callback):
+class TargetPlot2D(PeriodicPlot):
     """Save ``plots/target_vs_q.png`` (and ``target_vs_q_step<N>.png`` every
     ``every_n_val_epochs`` validations): the normalized target ``exp(-U)/Z`` on a grid, q's
     density ``exp(log q)`` on the same grid, and a histogram of q's samples."""
 
+    final_name = "target_vs_q"
+    step_prefix = "target_vs_q_step"
+
     def __init__(self, every_n_val_epochs: int = 0, grid_size: int = 150,
                  n_samples: int = 50_000):
-        super().__init__()
-        self.every_n_val_epochs = every_n_val_epochs
+        super().__init__(every_n_val_epochs)
         self.grid_size, self.n_samples = grid_size, n_samples
-        self._val_count = 0
-        self.last_path: Path | None = None
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.every_n_val_epochs <= 0:
-            return
-        self._val_count += 1
-        if self._val_count % self.every_n_val_epochs == 0:
-            self.plot(trainer, pl_module, f"target_vs_q_step{trainer.global_step}.png")
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.plot(trainer, pl_module, "target_vs_q.png")
 
     def plot(self, trainer: L.Trainer, pl_module: ReverseKL, filename: str) -> Path | None:
         if not trainer.is_global_zero or getattr(pl_module, "target", None) is None:
