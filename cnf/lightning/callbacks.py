@@ -66,6 +66,20 @@ class PeriodicPlot(L.Callback):
     def plot(self, trainer: L.Trainer, pl_module: L.LightningModule, filename: str) -> Path | None:
         raise NotImplementedError
 
+    def save(self, fig: Any, trainer: L.Trainer, filename: str) -> Path:
+        """Write ``fig`` to ``<run dir>/plots/<filename>`` and close it. Uses :func:`run_dir`,
+        never ``trainer.log_dir`` (a collective: called on rank 0 alone it hangs DDP)."""
+        import matplotlib.pyplot as plt
+
+        fig.tight_layout()
+        out_dir = run_dir(trainer) / "plots"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / filename
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        self.last_path = path
+        return path
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.every_n_val_epochs <= 0:
             return
@@ -151,14 +165,7 @@ class DensityPlot2D(PeriodicPlot):
         nll = _as_float(trainer.callback_metrics.get("val/nll"))
         fig.suptitle(f"{type(density.flow).__name__} — step {step}"
                      + (f", val/nll {nll:.3f}" if nll is not None else ""))
-        fig.tight_layout()
-        out_dir = run_dir(trainer) / "plots"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / filename
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        self.last_path = path
-        return path
+        return self.save(fig, trainer, filename)
 
 
 class RunSummary(L.Callback):

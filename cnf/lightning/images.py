@@ -21,6 +21,7 @@ from torch import Tensor
 from cnf.data.dequantization import DequantizedDensity
 from cnf.errors import ConfigError
 from cnf.flows.base import gather
+from cnf.lightning.callbacks import run_dir
 from cnf.lightning.density import DensityEstimation, OptimizerFactory, SchedulerFactory, _adam
 
 __all__ = ["ImageDensityEstimation", "ImageSamples", "save_image_grid"]
@@ -137,7 +138,7 @@ class ImageSamples(L.Callback):
                 for t in self.temperatures]
         if was_training:
             pl_module.train()
-        out = Path(trainer.log_dir or trainer.default_root_dir) / "plots" / "samples_final.png"
+        out = run_dir(trainer) / "plots" / "samples_final.png"
         self.last_path = save_image_grid(
             torch.cat(rows), density.levels, out, nrow=self.per_row,
             row_labels=[f"T={t:g}" for t in self.temperatures],

@@ -328,11 +328,4 @@ class TargetPlot2D(PeriodicPlot):
         if target.log_z is not None:
             text += f", KL {est['kl']:.3f} (log Z ref {target.log_z:.3f})"
         fig.suptitle(text, fontsize=9)
-        fig.tight_layout()
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "plots"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / filename
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        self.last_path = path
-        return path
+        return self.save(fig, trainer, filename)
