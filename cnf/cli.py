@@ -174,6 +174,11 @@ class CNFCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_class_arguments(RunOptions, "run")
+        # data modules that know their dimension (cnf.data.files) set the flow's (the base's
+        # shape follows the flow's dim); skipped for data modules without `dim` / `context_dim`
+        flow = "model.init_args.density.init_args.flow.init_args"
+        parser.link_arguments("data.dim", f"{flow}.dim", apply_on="instantiate")
+        parser.link_arguments("data.context_dim", f"{flow}.context_dim", apply_on="instantiate")
 
     # -- run layout ----------------------------------------------------------------------
     def before_instantiate_classes(self) -> None:

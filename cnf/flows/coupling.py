@@ -70,9 +70,18 @@ class AffineCoupling(Flow):
         self.scale_bound = float(scale_bound)
         n_cond = int(mask_t.sum())
         self.n_out = dim - n_cond
+        self.context_dim = int(context_dim)
         self.net = MLP(n_cond + context_dim, 2 * self.n_out, hidden, depth, act)
 
     def _params(self, x_a: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.context_dim and (context is None or context.shape[-1] != self.context_dim):
+            got = "none" if context is None else f"shape {list(context.shape)}"
+            raise ShapeError(f"this coupling is conditional (context_dim={self.context_dim}): "
+                             f"pass context of shape [batch, {self.context_dim}], got {got}")
+        if not self.context_dim and context is not None:
+            raise ShapeError(f"this coupling was built without context (context_dim=0) but got "
+                             f"context of shape {list(context.shape)}; build it with "
+                             f"context_dim={context.shape[-1]}")
         h = x_a if context is None else torch.cat([x_a, context], dim=1)
         shift, raw = self.net(h).chunk(2, dim=1)
         log_scale = self.scale_bound * torch.tanh(raw / self.scale_bound)
@@ -126,6 +135,7 @@ class RealNVP(Chain):
             [AffineCoupling(dim, m, hidden, depth, act, scale_bound, context_dim) for m in masks]
         )
         self.dim = dim
+        self.context_dim = int(context_dim)
 
 
 class ImageAffineCoupling(Flow):

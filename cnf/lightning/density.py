@@ -28,7 +28,10 @@ def _adam(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
 class DensityEstimation(OptimizationMixin, L.LightningModule):
     """Train ``density`` on mean negative log-likelihood (nats per sample).
 
+    Batches are ``x``, ``(x,)`` or ``(x, context)`` (conditional: ``log p(x | context)``).
     Logs ``train/loss``, ``train/nll``, ``val/nll``, ``test/nll``, ``time/train_step_s``,
+    ``val/nll_original_units`` / ``test/...`` when the data module standardizes (its
+    ``log_prob_offset``: the NLL of the data in the file's units),
     every loss term a flow reports through ``Flow.extra_losses()`` (as ``train/<name>``) and
     every counter it reports through ``Flow.stats()`` (e.g. ``train/nfe_forward``,
     ``val/nfe_forward``).
@@ -62,6 +65,16 @@ class DensityEstimation(OptimizationMixin, L.LightningModule):
     def batch_data(batch: Any) -> Tensor:
         return batch[0] if isinstance(batch, (list, tuple)) else batch
 
+    @staticmethod
+    def batch_context(batch: Any) -> Tensor | None:
+        """The context of a batch ``(x, context)``; ``None`` for ``x`` or ``(x,)``."""
+        return batch[1] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None
+
+    def _log_prob_offset(self) -> float:
+        """What the data module adds to get log-likelihoods in the data's original units
+        (undoing its standardization); 0.0 when it does not say."""
+        return float(getattr(self.trainer.datamodule, "log_prob_offset", 0.0) or 0.0)
+
     def _log_stats(self, stage: str, **kw: Any) -> None:
         for key, value in gather(self.density, "stats").items():
             self.log(f"{stage}/{key}", float(value), **kw)
@@ -72,7 +85,7 @@ class DensityEstimation(OptimizationMixin, L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = self.batch_data(batch)
-        nll = -self.density.log_prob(x).mean()
+        nll = -self.density.log_prob(x, self.batch_context(batch)).mean()
         extra = gather(self.density, "extra_losses")
         loss = nll + sum(extra.values()) if extra else nll
         if not torch.isfinite(loss):
@@ -97,18 +110,21 @@ class DensityEstimation(OptimizationMixin, L.LightningModule):
             self.log("time/train_step_s", time.perf_counter() - self._step_started)
 
     # -- evaluation ----------------------------------------------------------------------
-    def _eval_log_prob(self, x: Tensor) -> Tensor:
+    def _eval_log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         if self.exact_eval:
             with exact_logdet(self.density):
-                return self.density.log_prob(x)
-        return self.density.log_prob(x)
+                return self.density.log_prob(x, context)
+        return self.density.log_prob(x, context)
 
     def _eval_step(self, batch: Any, stage: str) -> Tensor:
         x = self.batch_data(batch)
-        log_prob = self._eval_log_prob(x)
+        log_prob = self._eval_log_prob(x, self.batch_context(batch))
         nll = -log_prob.mean()
         kw = {"sync_dist": True, "batch_size": x.shape[0]}
         self.log(f"{stage}/nll", nll, prog_bar=stage == "val", **kw)
+        offset = self._log_prob_offset()
+        if offset:  # a standardizing data module: also the NLL of the unstandardized data
+            self.log(f"{stage}/nll_original_units", nll - offset, **kw)
         dim = math.prod(x.shape[1:])
         self.log(f"{stage}/nll_per_dim", nll / dim, **kw)
         self._log_stats(stage, **kw)
@@ -121,5 +137,6 @@ class DensityEstimation(OptimizationMixin, L.LightningModule):
         return self._eval_step(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """Per-example log-likelihood (nats): the anomaly score of each input."""
-        return self._eval_log_prob(self.batch_data(batch))
+        """Per-example log-likelihood (nats, the model's units: add the data module's
+        ``log_prob_offset`` for the data's original units): the anomaly score of each input."""
+        return self._eval_log_prob(self.batch_data(batch), self.batch_context(batch))
