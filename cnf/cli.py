@@ -176,9 +176,10 @@ class CNFCLI(LightningCLI):
         parser.add_class_arguments(RunOptions, "run")
         # data modules that know their dimension (cnf.data.files) set the flow's (the base's
         # shape follows the flow's dim); skipped for data modules without `dim` / `context_dim`
-        flow = "model.init_args.density.init_args.flow.init_args"
-        parser.link_arguments("data.dim", f"{flow}.dim", apply_on="instantiate")
-        parser.link_arguments("data.context_dim", f"{flow}.context_dim", apply_on="instantiate")
+        from cnf.data.files import DATA_LINKS
+
+        for source, target in DATA_LINKS:
+            parser.link_arguments(source, target, apply_on="instantiate")
 
     # -- run layout ----------------------------------------------------------------------
     def before_instantiate_classes(self) -> None:

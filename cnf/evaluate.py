@@ -8,7 +8,8 @@ on a finished run directory (``runs/<experiment>/<name>/`` with ``config.yaml`` 
 
     python -m cnf.evaluate sample      RUN [--n 64] [--temperatures 1 0.8 0.6]
     python -m cnf.evaluate interpolate RUN [--pairs 4] [--steps 8]
-    python -m cnf.evaluate anomaly     RUN [--corruption noise] [--amount 0.2]
+    python -m cnf.evaluate anomaly     RUN [--corruption noise] [--amount 0.2]   (images)
+    python -m cnf.evaluate anomaly     RUN [--score-file F --label-column L]     (vectors)
     python -m cnf.evaluate inpaint     RUN [--n 8] [--mask bottom]
     python -m cnf.evaluate exact       RUN [--probes 100] [--max-exact-dim 64]
 
@@ -41,7 +42,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cnf import anomaly as tabular_anomaly
 from cnf.data.dequantization import DequantizedDensity
+from cnf.data.files import DATA_LINKS
 from cnf.distributions import Density
 from cnf.errors import CNFError, ConfigError, DataError
 from cnf.flows.base import exact_logdet
@@ -301,6 +304,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Any, Any]:
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningModule, "model")
     parser.add_subclass_arguments(L.LightningDataModule, "data")
+    for source, target in DATA_LINKS:  # dims a file data module gives the flow (cnf fit's links)
+        parser.link_arguments(source, target, apply_on="instantiate")
     init = parser.instantiate(parser.parse_object({"model": cfg["model"],
                                                            "data": cfg["data"]}))
     module, dm = init.model, init.data
@@ -347,6 +352,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = sub.add_parser("anomaly", parents=[common])
     p.add_argument("--corruption", nargs="+", default=["noise", "patch", "shuffle"])
     p.add_argument("--amount", type=float, default=0.2)
+    tabular_anomaly.add_arguments(p)
     p = sub.add_parser("inpaint", parents=[common])
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--mask", default="bottom")
@@ -364,6 +370,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out_dir = Path(args.run) / "eval"
     result: dict[str, Any] = {"command": args.command, "run": str(args.run)}
     image = isinstance(density, DequantizedDensity)
+    if args.command == "anomaly" and not image:  # vectors: cnf.anomaly (tabular / file runs)
+        args.command, result["results"] = "anomaly_vectors", tabular_anomaly.run(args, module, dm)
     if args.command in ("interpolate", "anomaly", "inpaint") and not image:
         raise ConfigError(f"`{args.command}` from the command line is for image runs; use the "
                           f"cnf.evaluate functions for vectors")

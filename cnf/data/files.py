@@ -68,7 +68,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cnf.errors import ConfigError, DataError
 
-__all__ = ["Table", "read_table", "FileDataModule"]
+__all__ = ["DATA_LINKS", "Table", "read_table", "FileDataModule"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,16 @@ _SPLIT_NAMES = {"train": "train", "training": "train", "0": "train",
                 "test": "test", "testing": "test", "2": "test"}
 
 Column = str | int
+
+
+#: jsonargparse links (source on the instantiated data module, target in the model config)
+#: that give a flow the data's dimensions; a link is skipped when the data module has no such
+#: attribute. `cnf fit` (cnf.cli) and run loaders (cnf.evaluate.load_run) add them with
+#: ``parser.link_arguments(source, target, apply_on="instantiate")``.
+DATA_LINKS: tuple[tuple[str, str], ...] = (
+    ("data.dim", "model.init_args.density.init_args.flow.init_args.dim"),
+    ("data.context_dim", "model.init_args.density.init_args.flow.init_args.context_dim"),
+)
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -473,7 +483,7 @@ class FileDataModule(L.LightningDataModule):
         n = t.rows
         if self.split_column is not None:
             j = t.column(self.split_column, "split column")
-            raw = t.text.get(j) or [("%g" % v) if np.isfinite(v) else "" for v in t.values[:, j]]
+            raw = t.text.get(j) or [f"{v:g}" if np.isfinite(v) else "" for v in t.values[:, j]]
             labels = []
             for r, v in enumerate(raw):
                 s = _SPLIT_NAMES.get(v.strip().lower())
@@ -655,6 +665,24 @@ class FileDataModule(L.LightningDataModule):
         """Standardized ``(x, context)`` tensors of ``train`` / ``val`` / ``test``."""
         self._load_splits()
         return self.transform(*self._splits[split][:2])
+
+    def _x_only(self, split: str) -> torch.Tensor | None:
+        # plain x tensors for tools that score x alone (2-D density plots, `cnf evaluate
+        # sample / exact`); a conditional model needs the context too: None
+        return None if self.context_dim else self.split_arrays(split)[0]
+
+    @property
+    def train_set(self) -> torch.Tensor | None:
+        """Standardized training ``x`` (unconditional files; ``None`` with context)."""
+        return self._x_only("train")
+
+    @property
+    def val_set(self) -> torch.Tensor | None:
+        return self._x_only("val")
+
+    @property
+    def test_set(self) -> torch.Tensor | None:
+        return self._x_only("test")
 
     def summary(self) -> dict[str, Any]:
         """What was read and how: file, columns, split method / seed / sizes, rows dropped,
