@@ -92,6 +92,35 @@ def test_no_wait_submits_and_returns(tmp_path):
     assert members[0].status == "submitted" and members[0].job_id
 
 
+def test_rerun_waits_for_a_job_still_running_instead_of_submitting_again(tmp_path, monkeypatch):
+    suite = _suite(tmp_path, time="10m")
+    first = [_member(suite, 0)]
+    first[0].command = [sys.executable, "-c", "import time; time.sleep(2)"]
+    run_suite(suite, first, launcher=SubmititLauncher(suite, "local", wait=False),
+              out=sys.stderr)
+    RunDir(first[0].run_dir).path.mkdir(parents=True)  # the job has started writing its run
+
+    class StillRunning:  # what SLURM reports for that job now, and later its result
+        state, polls = "RUNNING", 0
+
+        def done(self):
+            self.polls += 1
+            return self.polls > 2
+
+        def result(self):
+            RunDir(first[0].run_dir).write_summary({"status": "finished"})
+            return {"returncode": 0, "elapsed_s": 1.0, "error": None}
+
+    job = StillRunning()
+    launcher = SubmititLauncher(suite, "local", poll_s=0.05)
+    monkeypatch.setattr(launcher, "_job", lambda job_id: job)
+    monkeypatch.setattr(launcher.executor, "submit", lambda *a, **k: pytest.fail("resubmitted"))
+    again = [_member(suite, 0)]
+    run_suite(suite, again, launcher=launcher, out=sys.stderr)
+    assert again[0].status == "finished" and again[0].job_id == first[0].job_id
+    assert job.polls == 3 and not (suite.runs_dir / ".attempts").exists()
+
+
 @pytest.mark.slow
 def test_cli_runs_a_real_member_as_a_job(tmp_path, monkeypatch, capsys):
     """`cnf compare --launcher submitit-local`: a real 30-step `cnf fit` in a job."""

@@ -127,18 +127,20 @@ class SubmititLauncher:
         """The job id of an earlier submission of this run that is still queued or running
         (a re-run of ``cnf compare`` waits on it instead of submitting it again)."""
         job_id = recorded.get("job_id")
-        if self.cluster != "slurm" or recorded.get("status") != "submitted" or not job_id:
+        if recorded.get("status") != "submitted" or not job_id:
             return None
-        job = self._job(str(job_id))
         try:
-            return str(job_id) if job is not None and job.state.upper() in _ACTIVE else None
+            return str(job_id) if self._job(str(job_id)).state.upper() in _ACTIVE else None
         except Exception:  # sacct unavailable: submit again (the run's lock refuses doubles)
             return None
 
     def _job(self, job_id: str) -> Any:
+        """A handle on an earlier job by its id (a local job of another process never reads
+        as running, so it is submitted again)."""
         import submitit
 
-        return submitit.SlurmJob(folder=str(self.folder / "%j"), job_id=job_id)
+        job_class = submitit.SlurmJob if self.cluster == "slurm" else submitit.LocalJob
+        return job_class(folder=str(self.folder / "%j"), job_id=job_id)
 
     def launch(self, todo: list[tuple[int, Member]], state: SuiteState, out: Any) -> None:
         total = len(state.members)
