@@ -41,8 +41,11 @@ _ECHO = re.compile(r"^(\[(fit|validate|test|predict)\] (?!validation)|cnf: error
 
 
 def detect_gpus() -> list[str]:
-    """Visible CUDA devices (``CUDA_VISIBLE_DEVICES`` entries when set), else none."""
+    """Visible CUDA devices (``CUDA_VISIBLE_DEVICES`` entries when set), else none. On a
+    machine without the NVIDIA driver this answers without importing torch."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not os.path.exists("/proc/driver/nvidia") and shutil.which("nvidia-smi") is None:
+        return []
     try:
         import torch
 
