@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from cnf.compare import load_suite, main, plan, run_suite
-from cnf.compare.suite import CONFLICT, SKIP, TODO, Member, Suite, classify, config_hash, run_key
+from cnf.compare.keys import CONFLICT, SKIP, TODO, classify, config_hash, run_key
+from cnf.compare.suite import Member, Suite
 from cnf.errors import ConfigError
 from cnf.rundir import RunDir
 from tests.conftest import tiny_suite_files

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from cnf.compare import run_suite
-from cnf.compare.suite import Member, Suite, run_key
+from cnf.compare.keys import run_key
+from cnf.compare.suite import Member, Suite
 from cnf.errors import ConfigError
 from cnf.rundir import RunDir
 

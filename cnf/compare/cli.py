@@ -14,7 +14,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from cnf.compare.suite import CONFLICT, Suite, classify, data_name, load_suite, parse_duration, plan
+from cnf.compare.keys import CONFLICT, classify, parse_duration
+from cnf.compare.suite import Suite, data_name, load_suite, plan
 from cnf.errors import ConfigError
 
 __all__ = ["main", "parser", "select"]

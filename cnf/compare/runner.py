@@ -29,7 +29,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-from cnf.compare.suite import CONFLICT, SKIP, Member, Suite, classify
+from cnf.compare.keys import CONFLICT, SKIP, classify
+from cnf.compare.suite import Member, Suite
 from cnf.errors import ConfigError
 from cnf.rundir import RunDir, write_json_atomic
 

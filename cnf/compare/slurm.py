@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cnf.compare.keys import duration_seconds, parse_duration
 from cnf.compare.runner import SuiteState, error_from, execute, finish_run, fmt_s, log_path
-from cnf.compare.suite import Member, Suite, duration_seconds, parse_duration
+from cnf.compare.suite import Member, Suite
 from cnf.errors import ConfigError
 
 __all__ = ["SubmititLauncher", "slurm_parameters", "run_job", "CLUSTERS"]
