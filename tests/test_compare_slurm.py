@@ -137,3 +137,13 @@ def test_cli_runs_a_real_member_as_a_job(tmp_path, monkeypatch, capsys):
     summary = run.read_summary()
     assert run.is_finished and summary["steps"] == 30 and summary["suite_key"]["max_steps"] == 30
     assert "1/1 runs finished" in capsys.readouterr().out
+
+
+def test_local_launcher_refuses_runs_submitted_as_jobs(tmp_path):
+    suite = _suite(tmp_path, time="10m")
+    members = [_member(suite, 0)]
+    members[0].command = [sys.executable, "-c", "import time; time.sleep(2)"]
+    run_suite(suite, members, launcher=SubmititLauncher(suite, "local", wait=False),
+              out=sys.stderr)
+    with pytest.raises(ConfigError, match=rf"m0 \(job {members[0].job_id}\).*--launcher slurm"):
+        run_suite(suite, [_member(suite, 0)], out=sys.stderr)

@@ -310,6 +310,20 @@ def check_keys(members: list[Member], *, replace: bool = False) -> list[tuple[Me
     return conflicts
 
 
+def _refuse_submitted(state: SuiteState, members: list[Member]) -> None:
+    """A launcher that cannot see jobs must not start runs a job launcher submitted and
+    that have not finished (it would move their run directories from under them)."""
+    jobs = [(m, state.recorded(m.run_name).get("job_id")) for m in members
+            if state.recorded(m.run_name).get("status") == "submitted"
+            and not RunDir(m.run_dir).is_finished]
+    if jobs:
+        listed = ", ".join(f"{m.run_name} (job {job})" for m, job in jobs[:10])
+        raise ConfigError(
+            f"{len(jobs)} run(s) of this suite were submitted as jobs and have not finished: "
+            f"{listed}. Run with the launcher that submitted them (e.g. --launcher slurm): it "
+            f"waits for jobs still queued or running and resubmits those that ended.")
+
+
 def run_suite(suite: Suite, members: list[Member], *, gpus: list[str] | None = None,
               echo: bool = True, out: Any = None, launcher: Launcher | None = None,
               replace: bool = False) -> list[Member]:
@@ -322,6 +336,8 @@ def run_suite(suite: Suite, members: list[Member], *, gpus: list[str] | None = N
     conflicts = {m.run_name for m, _ in check_keys(members, replace=replace)}
     state = SuiteState(suite, members)
     in_flight = getattr(launcher, "in_flight", None)
+    if in_flight is None:
+        _refuse_submitted(state, members)
     todo: list[tuple[int, Member]] = []
     for i, m in enumerate(members, 1):
         if m.run_name in conflicts:
