@@ -96,6 +96,8 @@ def test_report_on_real_runs(suite_runs, tmp_path, capsys):
     assert len(images) == 4
     assert all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
     assert "src=\"figures" not in page and "http" not in page.split("<body>")[1]
+    # prose: Markdown in report.md, formatted (not raw asterisks) in report.html
+    assert "*seeds*" in md and "*seeds*" not in page and "<em>seeds</em>" in page
 
     # the W&B report plan from real runs: one section for the suite's group and dataset
     spec = build_spec(runs, project="cnf", title="t")
@@ -113,3 +115,33 @@ def test_write_report_on_plain_experiment_folder(suite_runs, tmp_path):
     shutil.copytree(work / "runs" / "suite" / "toy_realnvp-8gaussians-s0", plain / "20260101-000000-000")
     paths = write_report(tmp_path / "runs", tmp_path / "rep")
     assert "| toy_realnvp | 1/1 |" in paths["markdown"].read_text()
+
+
+@pytest.mark.parametrize("lo, hi", [(3.1, 3.4), (2.9, 3.1), (0.4, 40.0), (0.05, 9000.0), (7.0, 7.0)])
+def test_log_axis_always_has_labelled_ticks(lo, hi):
+    """A narrow log range (all models' step times within one decade) had no tick labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cnf.report.figures import log_ticks
+
+    fig, ax = plt.subplots()
+    ax.plot([lo, hi], [1.0, 2.0], "o")
+    ticks = log_ticks(ax, lo, hi)
+    fig.canvas.draw()
+    left, right = ax.get_xlim()
+    shown = [(t.get_position()[0], t.get_text()) for t in ax.get_xticklabels()
+             if left <= t.get_position()[0] <= right and t.get_text()]
+    plt.close(fig)
+    assert 2 <= len(shown) <= 8 and ticks == [x for x, _ in shown]
+    assert left <= lo and right >= hi  # the data stay inside the axis
+    assert all(float(text) == pytest.approx(x, rel=1e-6) for x, text in shown)
+
+
+def test_html_prose_renders_inline_markdown():
+    from cnf.report.render import inline_html
+
+    assert inline_html("*NFE* in `a | b` **best** 2 * 3 <x>") == (
+        "<em>NFE</em> in <code>a | b</code> <b>best</b> 2 * 3 &lt;x&gt;")
