@@ -284,20 +284,24 @@ def exact_evaluate(density: Density, data: Tensor, batch_size: int = 1000,
 
 
 # -- runs -------------------------------------------------------------------------------------
-def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Any, Any]:
-    """Rebuild the LightningModule and the DataModule of a finished run from its
-    ``config.yaml`` and load ``checkpoints/<checkpoint>.ckpt`` (``best``, else ``last``)."""
+def load_run(run_dir: str | Path, checkpoint: str = "best",
+             trust: bool = False) -> tuple[Any, Any]:
+    """Rebuild the LightningModule and the DataModule of a finished run from its resolved
+    config and load its checkpoint ``<checkpoint>`` (``best``, else ``last``) weights-only
+    (``trust=True`` unpickles in full: see :func:`cnf.checkpoint.load_checkpoint`)."""
     import lightning as L
     import yaml
     from jsonargparse import ArgumentParser
 
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise DataError(f"no config.yaml in {run_dir.resolve()}: pass a run directory made by "
-                        f"`cnf fit` (runs/<experiment>/<run name>/)")
-    cfg = yaml.safe_load(cfg_path.read_text())
-    ckpts = [run_dir / "checkpoints" / f"{checkpoint}.ckpt", run_dir / "checkpoints" / "last.ckpt"]
+    from cnf.checkpoint import load_checkpoint
+    from cnf.rundir import RunDir
+
+    run = RunDir(run_dir)
+    if not run.config.is_file():
+        raise DataError(f"no {run.config.name} in {run.path.resolve()}: pass a run directory "
+                        f"made by `cnf fit` (runs/<experiment>/<run name>/)")
+    cfg = yaml.safe_load(run.config.read_text())
+    ckpts = [run.checkpoint(checkpoint), run.checkpoint("last")]
     ckpt = next((c for c in ckpts if c.is_file()), None)
     if ckpt is None:
         raise DataError(f"no checkpoint found at {ckpts[0]} or {ckpts[1]}")
@@ -309,7 +313,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Any, Any]:
     init = parser.instantiate(parser.parse_object({"model": cfg["model"],
                                                            "data": cfg["data"]}))
     module, dm = init.model, init.data
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = load_checkpoint(ckpt, trust=trust, trust_option="--trust-checkpoint")["state_dict"]
     module.load_state_dict(state)
     module.eval()
     return module, dm
@@ -343,6 +347,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common.add_argument("run", help="run directory (runs/<experiment>/<name>)")
     common.add_argument("--checkpoint", default="best")
     common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--trust-checkpoint", action="store_true")
     p = sub.add_parser("sample", parents=[common])
     p.add_argument("--n", type=int, default=10)
     p.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.8, 0.6, 0.4])
@@ -363,7 +368,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    module, dm = load_run(args.run, args.checkpoint)
+    module, dm = load_run(args.run, args.checkpoint, trust=args.trust_checkpoint)
     density = module.density
     dm.setup("test")
     test = dm.test_set
