@@ -22,13 +22,14 @@ from __future__ import annotations
 import argparse
 import csv
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from cnf.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # torch is imported where it is used: `cnf evaluate --help` stays light
+    from torch import Tensor
 
 __all__ = ["log_likelihoods", "shifted_copies", "auroc", "evaluate", "add_arguments", "run"]
 
@@ -36,6 +37,8 @@ __all__ = ["log_likelihoods", "shifted_copies", "auroc", "evaluate", "add_argume
 def log_likelihoods(density: Any, x: Tensor, context: Tensor | None = None,
                     batch_size: int = 2048, exact: bool = True) -> Tensor:
     """``log p(x [| context])`` in the model's units, ``[N]`` (exact log-dets by default)."""
+    import torch
+
     from cnf.flows.base import exact_logdet
 
     density.eval()
@@ -53,6 +56,8 @@ def log_likelihoods(density: Any, x: Tensor, context: Tensor | None = None,
 
 def shifted_copies(x: Tensor, shift: float = 4.0, seed: int = 0) -> Tensor:
     """Copies of ``x`` ``[N, D]`` moved ``shift`` units along a random unit direction each."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     d = torch.randn(x.shape, generator=g, dtype=x.dtype)
     return x + shift * d / d.norm(dim=1, keepdim=True)
@@ -107,6 +112,8 @@ def evaluate(density: Any, dm: Any, score_file: str | None = None,
              out_csv: Path | None = None) -> dict[str, Any]:
     """AUROC and p-value flags of a trained ``density`` on ``dm``'s data (see the module
     docstring). Log-likelihoods are reported in the data's original units."""
+    import torch
+
     offset = float(getattr(dm, "log_prob_offset", 0.0) or 0.0)
     x_val, c_val = _split(dm, "val")
     ref = log_likelihoods(density, x_val, c_val) + offset
@@ -161,14 +168,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="without --score-file: shift of the anomalous copies of the test split")
 
 
-def restore_data_state(dm: Any, run_dir: str | Path, checkpoint: str = "best") -> None:
+def restore_data_state(dm: Any, run_dir: str | Path, checkpoint: str = "best",
+                       trust: bool = False) -> None:
     """Load the data module's saved state (e.g. the training standardization) from the run's
     checkpoint, when it has one."""
-    ckpts = [Path(run_dir) / "checkpoints" / f"{n}.ckpt" for n in (checkpoint, "last")]
-    ckpt = next((c for c in ckpts if c.is_file()), None)
+    from cnf.checkpoint import load_checkpoint
+    from cnf.rundir import RunDir
+
+    run = RunDir(run_dir)
+    ckpt = next((c for c in (run.checkpoint(checkpoint), run.checkpoint("last"))
+                 if c.is_file()), None)
     if ckpt is None or not hasattr(dm, "load_state_dict"):
         return
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = load_checkpoint(ckpt, trust=trust, trust_option="--trust-checkpoint")
     key = type(dm).__qualname__
     if key in state:
         dm.load_state_dict(state[key])
@@ -179,8 +191,9 @@ def run(args: argparse.Namespace, module: Any = None, dm: Any = None) -> dict[st
     if module is None or dm is None:
         from cnf.evaluate import load_run
 
-        module, dm = load_run(args.run, args.checkpoint)
-    restore_data_state(dm, args.run, args.checkpoint)
+        module, dm = load_run(args.run, args.checkpoint,
+                              trust=getattr(args, "trust_checkpoint", False))
+    restore_data_state(dm, args.run, args.checkpoint, trust=getattr(args, "trust_checkpoint", False))
     out = Path(args.run) / "eval" / "anomaly_scores.csv"
     return evaluate(module.density, dm, args.score_file, args.label_column, args.shift,
                     args.seed, out)

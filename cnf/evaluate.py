@@ -44,7 +44,6 @@ from torch import Tensor
 
 from cnf import anomaly as tabular_anomaly
 from cnf.data.dequantization import DequantizedDensity
-from cnf.data.files import DATA_LINKS
 from cnf.distributions import Density
 from cnf.errors import CNFError, ConfigError, DataError
 from cnf.flows.base import exact_logdet
@@ -308,6 +307,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best",
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningModule, "model")
     parser.add_subclass_arguments(L.LightningDataModule, "data")
+    from cnf.data.files import DATA_LINKS
+
     for source, target in DATA_LINKS:  # dims a file data module gives the flow (cnf fit's links)
         parser.link_arguments(source, target, apply_on="instantiate")
     init = parser.instantiate(parser.parse_object({"model": cfg["model"],
