@@ -353,6 +353,12 @@ class FileDataModule(L.LightningDataModule):
                 and val_fraction + test_fraction < 1):
             raise ConfigError(f"val_fraction ({val_fraction}) and test_fraction "
                               f"({test_fraction}) must be in [0, 1) with a sum below 1")
+        for option, value in (("path", path), ("val_path", val_path), ("test_path", test_path),
+                              ("predict_path", predict_path)):
+            if value is not None and not Path(value).expanduser().is_file():
+                raise DataError(f"data file not found: {value} (resolved: "
+                                f"{Path(value).expanduser().resolve()}); pass an existing file "
+                                f"as --data.init_args.{option}")
         self.path = path
         self.columns = list(columns) if columns is not None else None
         self.context_columns = list(context_columns or [])

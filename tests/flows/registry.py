@@ -232,6 +232,8 @@ IMAGE_SHAPES = ((2, 4, 4),)
 CASES: dict[str, Case] = {
     "affine_coupling": Case(_coupling),
     "realnvp": Case(_realnvp),
+    "realnvp_conditional": Case(
+        lambda s: perturb(_Conditional(RealNVP(s[0], num_layers=3, hidden=16, context_dim=3)))),
     "chain": Case(_chain),
     "inverse": Case(_inverse),
     "actnorm": Case(_actnorm, shapes=((2,), (3,), (2, 3, 3)), inputs=_shifted_inputs),
