@@ -63,7 +63,7 @@ def test_bad_inputs_raise_clear_errors():
 # -- context, dtype and shape checks (cnf.data.files feeds these) -------------------------------
 def test_conditional_density_log_prob_and_sample_take_context():
     torch.manual_seed(0)
-    d = Density(RealNVP(3, num_layers=2, hidden=8, context_dim=2), StandardNormal(3))
+    d = Density(perturb(RealNVP(3, num_layers=2, hidden=8, context_dim=2)), StandardNormal(3))
     x, c = torch.randn(6, 3), torch.randn(6, 2)
     assert d.context_dim == 2
     lp = d.log_prob(x, c)
