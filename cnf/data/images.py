@@ -3,7 +3,7 @@ and CIFAR-10 (python pickled batches) from local files.
 
 Every loader returns ``(train, val, test)`` uint8 tensors ``[N, C, H, W]`` holding the levels
 ``0 .. levels-1`` (17 for digits, 256 for MNIST and CIFAR-10). Dequantization, scaling and the
-logit transform happen in the model (:mod:`cnf.data.dequantization`), so that bits/dim are
+logit transform happen in the model (:mod:`cnf.dequantization`), so that bits/dim are
 always computed on the data's own discrete levels.
 
 =========  ==========  ======  ================================================================

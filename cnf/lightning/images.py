@@ -1,6 +1,6 @@
 """Density estimation on discrete images: ``DensityEstimation`` plus bits/dim and sample grids.
 
-``ImageDensityEstimation`` trains a :class:`cnf.data.dequantization.DequantizedDensity` on
+``ImageDensityEstimation`` trains a :class:`cnf.dequantization.DequantizedDensity` on
 integer-level images (``cnf.data.images.ImageDataModule``). On top of the metrics of
 ``DensityEstimation`` (``*/nll`` is the dequantization bound on the discrete NLL, in nats per
 image) it logs ``train/bpd``, ``val/bpd`` and ``test/bpd`` (bits per dimension on the data's
@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from cnf.data.dequantization import DequantizedDensity
+from cnf.dequantization import DequantizedDensity
 from cnf.errors import ConfigError
 from cnf.flows.base import gather
 from cnf.lightning.callbacks import run_dir
@@ -81,7 +81,7 @@ class ImageDensityEstimation(DensityEstimation):
     ):
         if not isinstance(density, DequantizedDensity):
             raise ConfigError(
-                "ImageDensityEstimation needs a cnf.data.dequantization.DequantizedDensity "
+                "ImageDensityEstimation needs a cnf.dequantization.DequantizedDensity "
                 f"(got {type(density).__name__}); wrap the flow in it to set the levels, the "
                 "dequantization and the logit preprocessing")
         super().__init__(density, optimizer, lr_scheduler, exact_eval)
