@@ -21,8 +21,9 @@ from torch import Tensor
 from cnf.dequantization import DequantizedDensity
 from cnf.errors import ConfigError
 from cnf.flows.base import gather
+from cnf.lightning.base import default_adam
 from cnf.lightning.callbacks import run_dir
-from cnf.lightning.density import DensityEstimation, OptimizerFactory, SchedulerFactory, _adam
+from cnf.lightning.density import DensityEstimation, OptimizerFactory, SchedulerFactory
 
 __all__ = ["ImageDensityEstimation", "ImageSamples", "save_image_grid"]
 
@@ -73,7 +74,7 @@ class ImageDensityEstimation(DensityEstimation):
     def __init__(
         self,
         density: DequantizedDensity,
-        optimizer: OptimizerFactory = _adam,
+        optimizer: OptimizerFactory = default_adam,
         lr_scheduler: SchedulerFactory | None = None,
         exact_eval: bool = True,
         temperatures: list[float] | None = None,
