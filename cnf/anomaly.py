@@ -14,7 +14,7 @@ Two ways to measure how well the scores separate normal rows from anomalies (AUR
   (of the model's standardized units) along random directions, the context kept.
 
 Per-row scores go to ``RUN/eval/anomaly_scores.csv`` (file row, label, log-likelihood in the
-original units, p-value); the summary is printed and saved as ``RUN/eval/anomaly_vectors.json``.
+original units, p-value); the summary is printed and saved as ``RUN/eval/anomaly.json``.
 """
 
 from __future__ import annotations
@@ -158,14 +158,19 @@ def evaluate(density: Any, dm: Any, score_file: str | None = None,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``cnf evaluate anomaly`` for tabular / file runs."""
-    g = parser.add_argument_group("tabular / file runs")
+    """Options of ``cnf evaluate anomaly``: the image corruptions' and the vectors'."""
+    from cnf.evaluate.commands import anomaly as image_anomaly
+
+    image_anomaly.add_arguments(parser.add_argument_group("image runs"))
+    g = parser.add_argument_group("vector runs (tabular / file data)")
     g.add_argument("--score-file", default=None,
-                   help="a file to score (same columns as the training file)")
+                   help="a file to score, with the training file's columns (default: the test "
+                        "split and shifted copies of it)")
     g.add_argument("--label-column", default=None,
-                   help="its 0/1 column (1 = anomaly) for the AUROC")
+                   help="the score file's 0/1 column (1 = anomaly) for the AUROC")
     g.add_argument("--shift", type=float, default=4.0,
-                   help="without --score-file: shift of the anomalous copies of the test split")
+                   help="without --score-file: how far (standardized units) the anomalous "
+                        "copies of the test rows are moved (default: 4)")
 
 
 def restore_data_state(dm: Any, run_dir: str | Path, checkpoint: str = "best",
@@ -187,13 +192,22 @@ def restore_data_state(dm: Any, run_dir: str | Path, checkpoint: str = "best",
 
 
 def run(args: argparse.Namespace, module: Any = None, dm: Any = None) -> dict[str, Any]:
-    """``cnf evaluate anomaly RUN`` for a tabular / file run: loads the run unless given."""
-    if module is None or dm is None:
-        from cnf.evaluate import load_run
+    """``cnf evaluate anomaly RUN``: image runs go to the corruption test
+    (:mod:`cnf.evaluate.commands`), vector runs are scored here. Loads the run unless given."""
+    import torch
 
-        module, dm = load_run(args.run, args.checkpoint,
-                              trust=getattr(args, "trust_checkpoint", False))
-    restore_data_state(dm, args.run, args.checkpoint, trust=getattr(args, "trust_checkpoint", False))
-    out = Path(args.run) / "eval" / "anomaly_scores.csv"
-    return evaluate(module.density, dm, args.score_file, args.label_column, args.shift,
-                    args.seed, out)
+    from cnf.dequantization import DequantizedDensity
+    from cnf.evaluate.loading import load_run, output_dir
+
+    trust = getattr(args, "trust_checkpoint", False)
+    if module is None or dm is None:
+        torch.manual_seed(args.seed)
+        module, dm = load_run(args.run, args.checkpoint, trust=trust)
+    if isinstance(module.density, DequantizedDensity):
+        from cnf.evaluate.commands import anomaly as image_anomaly
+
+        return image_anomaly.run(args)
+    restore_data_state(dm, args.run, args.checkpoint, trust=trust)
+    out = output_dir(args.run) / "anomaly_scores.csv"
+    return {"results": evaluate(module.density, dm, args.score_file, args.label_column,
+                                args.shift, args.seed, out)}

@@ -174,16 +174,13 @@ class CNFCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_class_arguments(RunOptions, "run")
-        # data modules that know their dimension (cnf.data.files) set the flow's (the base's
-        # shape follows the flow's dim); skipped for data modules without `dim` / `context_dim`
-        from cnf.data.files import DATA_LINKS
-
-        for source, target in DATA_LINKS:
-            parser.link_arguments(source, target, apply_on="instantiate")
 
     # -- run layout ----------------------------------------------------------------------
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        from cnf.data.files import fill_model_dims
+
+        fill_model_dims(cfg)  # a user file sets the flow's dim / context_dim (cnf.data.files)
         opts = cfg.run
         configs = [str(c) for c in (cfg.get("config") or [])]
         self.experiment = opts.experiment or (Path(configs[-1]).stem if configs else "default")

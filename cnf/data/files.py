@@ -21,8 +21,9 @@ format                         how it is read
 **Columns.** ``columns`` (names or 0-based indices) are ``x``; ``context_columns`` are
 ``c``; everything else is ignored. Without ``columns``, every numeric column that is neither
 a context column nor the ``split_column`` is ``x``. ``dim`` and ``context_dim`` are read from
-the file, and ``cnf fit`` links them into the model (``dim``, the base ``shape`` and
-``context_dim`` can be left out of model configs).
+the file, and ``cnf fit`` writes them into the model's config (:func:`fill_model_dims`: the
+flow's ``dim`` / ``context_dim`` and the base's ``shape``, whatever the model config says), so
+one model config serves every file and the run's resolved config records the real values.
 
 **Splits.** A seeded shuffle with ``val_fraction`` / ``test_fraction`` of the rows; or
 explicit files ``val_path`` / ``test_path`` (then ``path`` is the training file); or a
@@ -68,7 +69,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cnf.errors import ConfigError, DataError
 
-__all__ = ["DATA_LINKS", "Table", "read_table", "FileDataModule"]
+__all__ = ["Table", "read_table", "FileDataModule", "fill_model_dims"]
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +86,41 @@ _SPLIT_NAMES = {"train": "train", "training": "train", "0": "train",
 Column = str | int
 
 
-#: jsonargparse links (source on the instantiated data module, target in the model config)
-#: that give a flow the data's dimensions; a link is skipped when the data module has no such
-#: attribute. `cnf fit` (cnf.cli) and run loaders (cnf.evaluate.load_run) add them with
-#: ``parser.link_arguments(source, target, apply_on="instantiate")``.
-DATA_LINKS: tuple[tuple[str, str], ...] = (
-    ("data.dim", "model.init_args.density.init_args.flow.init_args.dim"),
-    ("data.context_dim", "model.init_args.density.init_args.flow.init_args.context_dim"),
-)
+_FLOW = "model.init_args.density.init_args.flow.init_args"
+_BASE = "model.init_args.density.init_args.base.init_args"
+_SCHEMA_ARGS = ("path", "columns", "context_columns", "split_column", "key", "header", "delimiter")
+
+
+def fill_model_dims(cfg: Any) -> dict[str, int] | None:
+    """Give the model the dimensions of a user file, in a parsed ``cnf fit`` config.
+
+    When ``cfg.data`` is a :class:`FileDataModule`, read the file's columns and set the flow's
+    ``dim`` and ``context_dim`` and the base distribution's ``shape`` wherever the config has
+    those keys (overriding what a reused model config says). The values land in the run's
+    resolved config, so a run reloads without the file's help. Returns the dimensions, or
+    ``None`` for other data modules (their configs are left as they are)."""
+    data = cfg.get("data") if hasattr(cfg, "get") else None
+    if data is None or not str(data.get("class_path", "")).endswith(".FileDataModule"):
+        return None
+    init = data.get("init_args")
+    kw = {k: init.get(k) for k in _SCHEMA_ARGS if init is not None and k in init}
+    dm = FileDataModule(**{k: v for k, v in kw.items() if v is not None})
+    dims = {"dim": dm.dim, "context_dim": dm.context_dim}
+    for key, value in ((f"{_FLOW}.dim", dims["dim"]), (f"{_FLOW}.context_dim", dims["context_dim"]),
+                       (f"{_BASE}.shape", dims["dim"])):
+        try:
+            present = key in cfg
+        except (KeyError, TypeError, AttributeError):
+            present = False
+        if present:
+            cfg[key] = value
+        elif key.endswith(".context_dim") and value:
+            raise ConfigError(
+                f"the data has {value} context column(s) but the flow "
+                f"({cfg.get(_FLOW.rsplit('.', 1)[0] + '.class_path')}) takes no context_dim; "
+                f"use a conditional family (MAF, IAF, NSF, RealNVP, CNF/FFJORD) or drop "
+                f"`context_columns`")
+    return dims
 
 
 # -- reading ----------------------------------------------------------------------------------
