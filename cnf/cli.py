@@ -303,6 +303,10 @@ def _netrc_has_wandb() -> bool:
 
 def _config_error(exc: BaseException) -> ConfigError:
     msg = str(exc).strip()
+    from cnf.ode.solve import legacy_solver_hint  # CNF solver keys became one object
+
+    hint = legacy_solver_hint(msg)
+    msg = f"{msg}\n{hint}" if hint else msg
     return ConfigError(
         f"invalid configuration: {msg}\n"
         "Check the key names and class paths; `cnf fit --config FILE --print_config` shows "

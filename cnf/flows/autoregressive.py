@@ -33,11 +33,11 @@ from torch import Tensor, nn
 
 from cnf.errors import ConfigError, ShapeError
 from cnf.flows.base import Chain, Flow, Inverse
+from cnf.nn import FUNCTIONAL
 
 __all__ = ["MADE", "MaskedAffineAutoregressive", "MAF", "IAF", "made_orders", "blockwise"]
 
-_ACTS = {"relu": torch.relu_, "tanh": torch.tanh, "elu": F.elu, "silu": F.silu, "swish": F.silu,
-         "gelu": F.gelu, "softplus": F.softplus}
+_ACTS = {**FUNCTIONAL, "relu": torch.relu_}
 
 
 #: rows per block when a flow runs without gradients: the hidden activations and spline

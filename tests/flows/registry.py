@@ -40,6 +40,7 @@ from cnf.flows.residual import (
     lipschitz_mlp,
 )
 from cnf.flows.spline import NSF, RQSAutoregressive, RQSCoupling
+from cnf.ode import SolverConfig
 
 VECTOR_SHAPES = ((2,), (3,), (5,))
 
@@ -114,7 +115,7 @@ def _multiscale(shape):
 
 # CNFs: float64, dopri5 at rtol = atol = 1e-10 and direct backprop, so the solved map is
 # accurate to ~1e-9 and its autograd Jacobian is the Jacobian of the solver's map
-_TIGHT = dict(hidden=(16, 16), rtol=1e-10, atol=1e-10, adjoint=False, eval_solver="dopri5")
+_TIGHT = dict(hidden=(16, 16), solver=SolverConfig(rtol=1e-10, atol=1e-10, adjoint=False))
 
 
 def _cnf(shape):
