@@ -354,7 +354,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = sub.add_parser("exact", parents=[common])
     p.add_argument("--probes", type=int, default=100)
     p.add_argument("--max-exact-dim", type=int, default=64)
+    from cnf import nfe_curve  # NLL and sample quality against NFE (issue 11)
+
+    nfe_curve.add_arguments(sub.add_parser("nfe-curve", parents=[common]))
     args = ap.parse_args(argv)
+    if args.command == "nfe-curve":
+        return nfe_curve.run(args)
 
     torch.manual_seed(args.seed)
     module, dm = load_run(args.run, args.checkpoint)

@@ -24,7 +24,8 @@ by :meth:`CNF.extra_losses`. NFE counts are reported by :meth:`CNF.stats`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -36,7 +37,7 @@ from cnf.flows.base import Chain, Flow
 from cnf.ode import NFECounter, ODENet, SolverConfig, odeint_cnf
 from cnf.ode.solve import as_solver_config, legacy_solver_error
 
-__all__ = ["CNF", "FFJORD", "matching_cnf"]
+__all__ = ["CNF", "FFJORD", "matching_cnf", "use_eval_solver"]
 
 
 class _EndTime(nn.Module):
@@ -325,3 +326,18 @@ def matching_cnf(flow: Flow) -> tuple[CNF, tuple[int, ...] | None]:
         f"flow matching trains one CNF block from the data straight to the base, got "
         f"{type(flow).__name__}; use cnf.flows.continuous.CNF, FFJORD with num_blocks: 1 and "
         f"norm: none, or cnf.flows.continuous_image.ImageCNF")
+
+
+@contextmanager
+def use_eval_solver(module: nn.Module, config: SolverConfig) -> Iterator[None]:
+    """Solve every CNF block inside ``module`` with ``config`` in eval mode for the duration
+    (e.g. rk4 at 8 steps for an NFE curve); the blocks' own ``eval_config`` comes back after."""
+    blocks = [m for m in module.modules() if isinstance(m, CNF)]
+    saved = [b.eval_config for b in blocks]
+    try:
+        for b in blocks:
+            b.eval_config = config
+        yield
+    finally:
+        for b, c in zip(blocks, saved):
+            b.eval_config = c

@@ -105,6 +105,7 @@ class FlowMatching(DensityEstimation):
     def _states(self, x: Tensor) -> Tensor:
         """The flattened continuous states ``[B, D]`` the field is regressed on."""
         if self.images:
+            x = x.to(next(self.density.parameters()).dtype)  # levels may arrive as uint8
             u, _ = self.density.dequantizer(x, self.density.levels)
             x, _ = self.density.to_continuous(x, u)
         return x.reshape(x.shape[0], -1)

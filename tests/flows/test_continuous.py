@@ -225,8 +225,9 @@ def test_conditional_cnf_contract():
                                    atol=1e-6, rtol=0)
         assert (x - z).abs().max() > 1e-2 and ld_inv.abs().max() > 1e-3
         for i in range(2):
+            c_i = ctx[i:i + 1].detach()
             jac = torch.autograd.functional.jacobian(
-                lambda v: flow.inverse(v[None], ctx[i:i + 1].detach())[0][0], z[i])
+                lambda v, f=flow, c=c_i: f.inverse(v[None], c)[0][0], z[i])
             torch.testing.assert_close(ld_inv[i].detach(), torch.linalg.slogdet(jac)[1],
                                        atol=1e-6, rtol=0)
         (x.sum() + ld_inv.sum()).backward()

@@ -12,8 +12,8 @@ from cnf.errors import ConfigError, ShapeError
 from cnf.flows.base import exact_logdet, gather
 from cnf.flows.continuous import CNF
 from cnf.flows.continuous_image import FFJORDMultiscale, ImageCNF
-from cnf.ode import SolverConfig
 from cnf.flows.multiscale import FactorOut, Squeeze
+from cnf.ode import SolverConfig
 
 from .registry import perturb
 
