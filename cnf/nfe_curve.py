@@ -17,7 +17,7 @@ and at each setting we measure, on the run's test split:
   positive value, about 2× its value at 2× the sample size), on flattened data.
 
 The curve (``nfe_curve.md`` table, ``nfe_curve.json`` and ``nfe_curve.png``) goes to the run's
-``evals/nfe_curve/``. NFE at equal NLL is how FM, OT-CFM, RNODE and plain FFJORD compare.
+``eval/nfe_curve/``. NFE at equal NLL is how FM, OT-CFM, RNODE and plain FFJORD compare.
 """
 
 from __future__ import annotations
@@ -147,30 +147,32 @@ def plot(points: list[CurvePoint], path: Path, title: str = "") -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rk4-steps", type=int, nargs="+", default=list(RK4_STEPS))
-    parser.add_argument("--dopri-tols", type=float, nargs="+", default=list(DOPRI_TOLS))
+    parser.add_argument("--rk4-steps", type=int, nargs="+", default=list(RK4_STEPS),
+                        help="rk4 step counts over [0, T] (default: 2 4 8 16 32 64)")
+    parser.add_argument("--dopri-tols", type=float, nargs="+", default=list(DOPRI_TOLS),
+                        help="dopri5 rtol = atol values (default: 1e-3 1e-4 1e-5 1e-6)")
     parser.add_argument("--n-samples", type=int, default=2000,
                         help="model samples (and test points) for the energy distance")
     parser.add_argument("--max-test", type=int, default=5000, help="test examples scored")
-    parser.add_argument("--max-exact-dim", type=int, default=64)
+    parser.add_argument("--max-exact-dim", type=int, default=64,
+                        help="exact trace up to this dimension, Hutchinson above (default: 64)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Load the run, compute the curve, write it under ``<run>/evals/nfe_curve/``."""
+    """Load the run, compute the curve, write it under ``<run>/eval/nfe_curve/``."""
     import torch
 
-    from cnf.evaluate import load_run
-    from cnf.rundir import RunDir
+    from cnf.evaluate.loading import load_run, output_dir
 
     torch.manual_seed(args.seed)
-    module, dm = load_run(args.run, args.checkpoint)
+    module, dm = load_run(args.run, args.checkpoint, trust=getattr(args, "trust_checkpoint", False))
     dm.setup("test")
     test = dm.test_set
     test = test if isinstance(test, torch.Tensor) else torch.as_tensor(test)
     test = test[: args.max_test].float()
     points = nfe_curve(module.density, test, tuple(args.rk4_steps), tuple(args.dopri_tols),
                        n_samples=args.n_samples, max_exact_dim=args.max_exact_dim, seed=args.seed)
-    out = RunDir(args.run).evals / "nfe_curve"
+    out = output_dir(args.run) / "nfe_curve"
     out.mkdir(parents=True, exist_ok=True)
     table = format_table(points)
     (out / "nfe_curve.md").write_text(table + "\n")

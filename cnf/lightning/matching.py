@@ -33,7 +33,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from cnf.data.dequantization import DequantizedDensity, UniformDequantizer
+from cnf.dequantization import DequantizedDensity, UniformDequantizer
 from cnf.distributions import Density, StandardNormal
 from cnf.errors import ConfigError, NonFiniteError
 from cnf.flows.base import exact_logdet
