@@ -42,11 +42,22 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed ## create .venv and install cnf (CPU torch pinned)
 
-test: $(VENV)/.installed ## run the whole test suite (slow tests included)
-	WANDB_MODE=disabled $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+# tests: a parallel pass (pytest-xdist, one worker per core, at most 4), then the `serial`
+# tests (DDP, signals, the shared suite runs; tests/conftest.py) in one process. Exit status 5
+# ("no tests collected", e.g. PYTEST_ARGS picked only one kind) is not a failure.
+# PYTEST_WORKERS=0: the parallel pass in one process too.
+PYTEST_WORKERS ?= auto
+XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --maxprocesses 4)
+PYTEST := WANDB_MODE=disabled $(PY) -m pytest -q
+ok5 = s=$$?; [ $$s -eq 0 ] || [ $$s -eq 5 ]
 
-test-fast: $(VENV)/.installed ## run the suite without slow tests
-	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+test: $(VENV)/.installed ## whole suite (slow tests included): parallel, then serial; prints the slowest
+	@echo "== parallel pass"; $(PYTEST) $(XDIST) -m "not serial" --durations=15 $(PYTEST_ARGS); $(ok5)
+	@echo "== serial pass"; $(PYTEST) -p no:xdist -m "serial" --durations=5 $(PYTEST_ARGS); $(ok5)
+
+test-fast: $(VENV)/.installed ## the edit-test loop: no slow tests, parallel, then serial
+	@echo "== parallel pass"; $(PYTEST) $(XDIST) -m "not slow and not serial" --durations=10 $(PYTEST_ARGS); $(ok5)
+	@echo "== serial pass"; $(PYTEST) -p no:xdist -m "not slow and serial" --durations=5 $(PYTEST_ARGS); $(ok5)
 
 lint: $(VENV)/.installed ## ruff over the package, tests and experiments
 	$(VENV)/bin/ruff check cnf tests experiments
