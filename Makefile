@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED := 1
 
 # suites (experiments/<suite>.yaml) and our own targets win over same-named experiment configs
 SUITES := toy tabular digits vi vae
-OWN_TARGETS := help install test test-fast lint demo clean compare report $(SUITES)
+OWN_TARGETS := help install test test-fast lint demo clean compare report gpu-check $(SUITES)
 EXPERIMENTS := $(filter-out $(OWN_TARGETS),$(sort $(basename $(notdir $(wildcard configs/experiment/*.yaml)))))
 BENCHES := $(sort $(basename $(notdir $(wildcard experiments/bench/bench_*.py))))
 SUITE ?= toy
@@ -58,6 +58,9 @@ test: $(VENV)/.installed ## whole suite (slow tests included): parallel, then se
 test-fast: $(VENV)/.installed ## the edit-test loop: no slow tests, parallel, then serial
 	@echo "== parallel pass"; $(PYTEST) $(XDIST) -m "not slow and not serial" --durations=10 $(PYTEST_ARGS); $(ok5)
 	@echo "== serial pass"; $(PYTEST) -p no:xdist -m "not slow and serial" --durations=5 $(PYTEST_ARGS); $(ok5)
+
+gpu-check: $(VENV)/.installed ## every family a few steps fp32 + bf16, DDP(1), CPU-vs-GPU log p: a table (tiny, CPU, without CUDA)
+	WANDB_MODE=disabled $(PY) experiments/gpu_check.py $(ARGS)
 
 lint: $(VENV)/.installed ## ruff over the package, tests and experiments
 	$(VENV)/bin/ruff check cnf tests experiments
