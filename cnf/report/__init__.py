@@ -14,12 +14,25 @@ Example::
 from __future__ import annotations
 
 import argparse
+import importlib
 from pathlib import Path
-
-from cnf.report.render import write_report
-from cnf.report.runs import Group, Run, group_runs, load_runs
+from typing import Any
 
 __all__ = ["write_report", "load_runs", "group_runs", "Run", "Group", "main"]
+
+# imported on first use, so `cnf report --help` (and `import cnf.report`) stay light
+_LAZY = {"write_report": "cnf.report.render", "load_runs": "cnf.report.runs",
+         "group_runs": "cnf.report.runs", "Run": "cnf.report.runs", "Group": "cnf.report.runs"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cnf.report' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--project", default="cnf", help="W&B project of the runs (with --wandb)")
     p.add_argument("--entity", default=None, help="W&B entity (with --wandb)")
     args = p.parse_args(argv)
+    from cnf.report.render import write_report
+    from cnf.report.runs import load_runs
+
     runs_dir = Path(args.runs_dir)
     out = Path(args.out) if args.out else Path("reports") / runs_dir.resolve().name
     title = args.title or f"cnf comparison: {runs_dir.resolve().name}"
