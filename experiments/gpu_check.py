@@ -289,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_MODE", "disabled")
     import logging
 
+    import lightning  # noqa: F401  (sets its loggers to INFO on import; quieted below)
     import torch
 
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
