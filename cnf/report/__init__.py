@@ -2,8 +2,9 @@
 
 Reads only local run files (``summary.json``, ``metrics.csv``, ``config.yaml``, ``plots/``),
 so it works offline; writes ``report.md`` with ``figures/*.png`` and one self-contained
-``report.html``. ``--wandb`` also saves the comparison as a W&B Report when the Reports API
-(wandb-workspaces), a key and a server are available, and says why not otherwise.
+``report.html``. ``--wandb`` also builds the comparison as a W&B Report (written as
+``wandb_report.json``) and saves it when a key and a server are available, saying why not
+otherwise.
 
 Example::
 
@@ -42,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="output folder (default: reports/<name of RUNS_DIR>)")
     p.add_argument("--title", help="report title")
     p.add_argument("--wandb", action="store_true",
-                   help="also save the comparison as a W&B Report (needs wandb-workspaces, "
-                        "a key and network)")
+                   help="also build the comparison as a W&B Report (wandb_report.json in "
+                        "--out) and save it when wandb-workspaces, a key and a server are "
+                        "available")
     p.add_argument("--project", default="cnf", help="W&B project of the runs (with --wandb)")
     p.add_argument("--entity", default=None, help="W&B entity (with --wandb)")
     args = p.parse_args(argv)
@@ -56,19 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = write_report(runs_dir, out, title=title)
     print(f"cnf report: {paths['html']}\n  markdown  {paths['markdown']}\n  figures   {paths['figures']}")
     if args.wandb:
-        from cnf.report.wandb_report import build_spec, can_publish, publish
+        from cnf.report.wandb_report import write_and_publish
 
-        ok, why = can_publish()
-        if not ok:
-            print(f"cnf report: W&B report not created: {why}")
-            return 0
-        spec = build_spec(load_runs(runs_dir), project=args.project, entity=args.entity,
+        write_and_publish(load_runs(runs_dir), out, project=args.project, entity=args.entity,
                           title=title)
-        try:
-            url = publish(spec)
-        except Exception as exc:  # network or server errors: the local report stands
-            print(f"cnf report: W&B report not created ({type(exc).__name__}: {exc}); "
-                  f"the local report is complete")
-            return 0
-        print(f"cnf report: W&B report {url}")
     return 0
