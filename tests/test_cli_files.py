@@ -57,6 +57,9 @@ def test_fit_on_a_five_column_csv_with_no_dim_in_the_config(tmp_path):
     assert metrics["test/nll_original_units"] - metrics["test/nll"] == pytest.approx(
         np.log(120), abs=0.05)
     assert metrics["test/nll_original_units"] < 11.88 + 0.5
+    recorded = summary(cli.run_dir)["data_file"]
+    assert recorded["sizes"] == {"train": 1600, "val": 200, "test": 200}
+    assert recorded["seed"] == 0 and recorded["method"] == "fraction"
     ckpt = torch.load(RunDir(cli.run_dir).checkpoint("best"), weights_only=True)
     state = ckpt["FileDataModule"]
     assert state["columns"] == ["a", "b", "c", "d", "e"]

@@ -676,7 +676,21 @@ class FileDataModule(L.LightningDataModule):
                           drop_last=shuffle and n > batch_size, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
+        self._record_in_run()
         return self._loader("train", self.batch_size, shuffle=True)
+
+    def _record_in_run(self) -> None:
+        """Add :meth:`summary` (file, columns, split method / seed / sizes, dropped rows) to
+        the run's summary as ``data_file``, when training inside a cnf run directory."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or not trainer.is_global_zero:
+            return
+        from cnf.rundir import RunDir
+
+        run = RunDir(trainer.default_root_dir)
+        if run.is_run:  # a `cnf fit` run (its config is saved before the first batch)
+            self._load_splits()
+            run.update_summary(data_file=self.summary())
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size, shuffle=False)
