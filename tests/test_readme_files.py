@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shlex
@@ -46,6 +47,11 @@ def test_readme_your_own_data_example(tmp_path, monkeypatch):
     fit = run(commands[0][1:] + quick)
     assert fit.model.density.flow.dim == 4  # x1, x2, x3, c: taken from the file
     run(commands[1][1:] + ["--run.progress", "none"])
+    if importlib.util.find_spec("cnf.lightning.predictions") is not None:  # the run-lifecycle writer
+        written = sorted((tmp_path / "runs/file_nsf/demo").rglob("predictions/*.csv"))
+        assert written, "cnf predict wrote no predictions file"
+        rows = np.genfromtxt(written[-1], delimiter=",", names=True)
+        np.testing.assert_array_equal(rows["row"], np.arange(200))  # every row of new.csv
     result = evaluate_main(commands[2][2:])["results"]
     assert result["n_anomalous"] == 20 and result["n_normal"] == 180
     assert result["auroc"] > 0.9, result
