@@ -69,7 +69,11 @@ class DensityEstimation(OptimizationMixin, L.LightningModule):
     def _log_prob_offset(self) -> float:
         """What the data module adds to get log-likelihoods in the data's original units
         (undoing its standardization); 0.0 when it does not say."""
-        return float(getattr(self.trainer.datamodule, "log_prob_offset", 0.0) or 0.0)
+        try:
+            dm = self.trainer.datamodule
+        except RuntimeError:  # not attached to a Trainer (called directly)
+            return 0.0
+        return float(getattr(dm, "log_prob_offset", 0.0) or 0.0)
 
     def _log_stats(self, stage: str, **kw: Any) -> None:
         for key, value in gather(self.density, "stats").items():
