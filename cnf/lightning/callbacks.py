@@ -178,7 +178,7 @@ class RunCSVLogger(CSVLogger):
     Lightning's ``CSVLogger`` removes an existing ``metrics.csv`` (and warns "logs directory
     exists ... will be deleted") when the folder is not empty, which lost every row before a
     resumed checkpoint. This one keeps the file, adopts its header, and
-    :meth:`truncate_rows` drops rows written after the checkpoint a resume starts from.
+    :meth:`drop_redone_rows` drops rows written after the checkpoint a resume starts from.
     """
 
     def __init__(self, run: RunDir | str | Path):
@@ -192,31 +192,35 @@ class RunCSVLogger(CSVLogger):
             self._experiment = _AppendingWriter(self.log_dir)
         return self._experiment
 
-    def rows(self) -> int:
-        """Rows now in ``metrics.csv`` (after flushing what is buffered)."""
+    def drop_redone_rows(self, step: int) -> int:
+        """Before a segment resumed at global step ``step``: drop the training and validation
+        rows logged at ``step`` or later (written after the checkpoint; the new segment logs
+        them again). Rows of a test are kept. Returns how many rows were dropped."""
         self.save()
-        if not self.run.metrics.exists():
-            return 0
-        with self.run.metrics.open(newline="") as f:
-            return sum(1 for _ in csv.DictReader(f))
-
-    def truncate_rows(self, n: int) -> int:
-        """Keep the first ``n`` rows of ``metrics.csv``; returns how many were dropped."""
         path = self.run.metrics
         if not path.exists():
             return 0
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
             fields, rows = list(reader.fieldnames or []), list(reader)
-        if len(rows) <= n:
+
+        def redone(row: dict[str, str]) -> bool:
+            try:
+                at = int(float(row.get("step") or -1))
+            except ValueError:
+                return False
+            return at >= step and not any(v for k, v in row.items() if k.startswith("test/"))
+
+        keep = [r for r in rows if not redone(r)]
+        if len(keep) == len(rows):
             return 0
         tmp = path.with_name(f".{path.name}.tmp")
         with tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
-            writer.writerows(rows[:n])
+            writer.writerows(keep)
         tmp.replace(path)
-        return len(rows) - n
+        return len(rows) - len(keep)
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -345,7 +349,7 @@ class RunSummary(L.Callback):
         self.stop = stop
         self._t0: dict[str, float] = {}
         self._elapsed_before = 0.0  # fit seconds of earlier segments (from the checkpoint)
-        self._resume_rows: int | None = None
+        self._resumed = False
         self._start_step = 0
 
     def _run(self, trainer: L.Trainer) -> RunDir:
@@ -358,19 +362,13 @@ class RunSummary(L.Callback):
         """Seconds of fit so far, earlier segments included."""
         return self._elapsed_before + time.perf_counter() - self._t0.get("fit", time.perf_counter())
 
-    # checkpoint state: the fit clock and the number of metrics rows at the checkpoint
+    # checkpoint state: the fit clock, so wall time accumulates over resumed segments
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"elapsed_s": float(self.fit_elapsed()) if "fit" in self._t0 else 0.0}
-        trainer = getattr(self, "_trainer", None)
-        csv_logger = self._csv(trainer) if trainer is not None else None
-        if csv_logger is not None and trainer.is_global_zero:
-            state["metrics_rows"] = int(csv_logger.rows())
-        return state
+        return {"elapsed_s": float(self.fit_elapsed()) if "fit" in self._t0 else 0.0}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._elapsed_before = float(state_dict.get("elapsed_s", 0.0))
-        rows = state_dict.get("metrics_rows")
-        self._resume_rows = int(rows) if rows is not None else None
+        self._resumed = True
 
     def _update(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str,
                 status: str, error: str | None = None) -> None:
@@ -467,9 +465,9 @@ class RunSummary(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start_step = trainer.global_step
         csv_logger = self._csv(trainer)
-        if self._resume_rows is not None and csv_logger is not None and trainer.is_global_zero:
+        if self._resumed and csv_logger is not None and trainer.is_global_zero:
             # rows written after the checkpoint are redone by this segment: drop them
-            csv_logger.truncate_rows(self._resume_rows)
+            csv_logger.drop_redone_rows(trainer.global_step)
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
