@@ -188,8 +188,7 @@ class ReverseKL(OptimizationMixin, L.LightningModule):
                 f"the free energy became {float(loss)} at step {self.global_step}; lower the "
                 f"learning rate (model.optimizer.init_args.lr), clip gradients "
                 f"(trainer.gradient_clip_val), anneal the target (model.beta_start / "
-                f"model.anneal_steps) or bound the flow's scales. The last good checkpoint "
-                f"is kept in the run's checkpoints/ folder.")
+                f"model.anneal_steps) or bound the flow's scales.")
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/free_energy", free_energy(log_q, energy).detach())
         self.log("train/beta", beta)
