@@ -43,6 +43,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -78,6 +79,8 @@ warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
 warnings.filterwarnings("ignore", message=".*`isinstance.treespec, LeafSpec.`.*")
+# cnf passes its preprocessed argv (``--resume``, ``--untrained``) to LightningCLI
+warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
 # a resumed run's checkpoints/ is expected to hold checkpoints; a new run's is always empty
 warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
 
@@ -217,6 +220,15 @@ def _is_secondary_process(env: dict[str, str] | None = None) -> bool:
     return any(int(env.get(k) or 0) > 0 for k in ("LOCAL_RANK", "RANK", "NODE_RANK"))
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The topmost folder of ``path`` that does not exist yet (``None``: it all exists)."""
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
 def _data_name(cfg: Any) -> str:
     data = cfg.get("data")
     init = getattr(data, "init_args", None)
@@ -254,7 +266,7 @@ class CNFCLI(LightningCLI):
         self.cfg = cfg
         self.eval_dir: RunDir | None = None
         self.predictions_path: Path | None = None
-        self._created: list[Path] = []  # folders this process made (removed if nothing ran)
+        self._created: list[Path | None] = []  # folders this process made (removed if nothing ran)
         self._locked: RunDir | None = None
         if cfg.get("weights_only") is None:
             cfg.weights_only = True  # a checkpoint cannot run code unless trusted explicitly
@@ -291,8 +303,7 @@ class CNFCLI(LightningCLI):
                     f"run directory is written once. Continue it with `cnf fit --resume "
                     f"{self.run.path}`, or start a new run with another --run.name (or none: "
                     f"a timestamp)")
-            if not self.run.exists:
-                self._created.append(self.run.path)
+            self._created.append(_first_missing(self.run.path))
         note = self.run.lock()
         self._locked = self.run
         if note:
@@ -338,11 +349,9 @@ class CNFCLI(LightningCLI):
         if _is_secondary_process():
             self.eval_dir = self.run.eval_dir(name)
         else:
-            existed = self.run.evals.exists()
+            top = _first_missing(self.run.evals / name)
             self.eval_dir = self.run.new_eval_dir(name)
-            self._created.append(self.eval_dir.path if existed else self.run.evals)
-            if owner is None and not self.run.path.exists():
-                self._created.append(self.run.path)
+            self._created.append(top if top != self.run.evals / name else self.eval_dir.path)
         self.run_extra["name"] = self.eval_dir.path.name
         self.save_config_kwargs = {"target": self.eval_dir.config, "edits": {}}
 
@@ -369,7 +378,7 @@ class CNFCLI(LightningCLI):
                 tags.append(str(name))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # one W&B run per cnf run: a resume continues the same id
-        run_id = self.run.read_summary().get("wandb_id") or wandb.util.generate_id()
+        run_id = self.run.read_summary().get("wandb_id") or secrets.token_hex(4)
         self.run_extra["wandb_id"] = run_id
         return WandbLogger(
             name=self.run_name, save_dir=str(self.run_dir), project=self.run_opts.wandb_project,
@@ -408,7 +417,14 @@ class CNFCLI(LightningCLI):
         config["callbacks"], config["enable_progress_bar"], bar = self._progress(
             list(config.get("callbacks") or []), callbacks, config.get("enable_progress_bar"))
         extra += bar
-        return super()._instantiate_trainer(config, callbacks + extra)
+        try:
+            return super()._instantiate_trainer(config, callbacks + extra)
+        except CNFError:
+            raise
+        except (ValueError, TypeError, RuntimeError, ImportError) as exc:
+            # Lightning rejects a trainer argument (negative steps, devices, accelerator...)
+            raise ConfigError(f"invalid trainer setting: {type(exc).__name__}: {exc}\n"
+                              "Check the --trainer.* options (`cnf fit --help`).") from exc
 
     # -- lifecycle: nothing half-made is left behind, the lock is released ----------------
     def instantiate_classes(self) -> None:
@@ -438,10 +454,11 @@ class CNFCLI(LightningCLI):
         """After an error: remove the folders this process made when nothing was recorded
         in them (an argument error must not leave an empty run), and release the lock."""
         for path in self._created:
-            record = RunDir(path)
-            if path.exists() and (not started or not (
-                    record.summary_path.exists() or record.checkpoints.exists()
-                    or any(RunDir(p).summary_path.exists() for p in path.glob("*")))):
+            if path is None or not path.exists():
+                continue
+            recorded = any(path.rglob(n) for n in (RunDir(path).summary_path.name,
+                                                   RunDir(path).checkpoints.name))
+            if not started or not recorded:
                 shutil.rmtree(path, ignore_errors=True)
         self._release()
 
