@@ -65,12 +65,12 @@ def _start_fit(root: Path, name: str, *extra: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def _wait_for_steps(run: RunDir, proc: subprocess.Popen, n_rows: int, timeout: float = 300) -> None:
-    """Wait until the subprocess has flushed ``n_rows`` training rows to metrics.csv."""
+def _wait_for(proc: subprocess.Popen, done, timeout: float = 300) -> None:
+    """Wait until ``done()`` while the subprocess runs."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         assert proc.poll() is None, proc.communicate()
-        if run.metrics.exists() and len(rows(run.path)) >= n_rows:
+        if done():
             return
         time.sleep(0.5)
     proc.kill()
@@ -82,11 +82,11 @@ def interrupted(tmp_path_factory):
     """A fit subprocess; while it trains a second fit of the same run is tried (problem 2);
     then SIGINT (problem 7). Returns (root, run, second fit's error, returncode, stderr)."""
     root = tmp_path_factory.mktemp("interrupted")
-    run_ = RunDir(root / "toy_realnvp" / "b")
-    proc = _start_fit(root, "b", "--trainer.log_every_n_steps", "5",
-                      "--trainer.val_check_interval", "20")
+    run_ = RunDir(root / "runs" / "toy_realnvp" / "b")
+    proc = _start_fit(root / "runs", "b", "--trainer.log_every_n_steps", "5",
+                      "--trainer.val_check_interval", "20", "--trainer.limit_val_batches", "1")
     try:
-        _wait_for_steps(run_, proc, 6)
+        _wait_for(proc, lambda: run_.read_summary().get("steps", 0) >= 20)  # a validation
         with pytest.raises(RunLockedError) as second:
             run_cli(root, "fit", "toy_realnvp", *FAST, name="b")
         proc.send_signal(signal.SIGINT)
@@ -94,7 +94,10 @@ def interrupted(tmp_path_factory):
     finally:
         if proc.poll() is None:
             proc.kill()
-    return root, run_, second.value, proc.returncode, err
+    state = {"summary": run_.read_summary(), "rows": rows(run_.path),
+             "ckpt_step": torch.load(run_.checkpoint("last"), map_location="cpu",
+                                     weights_only=True)["global_step"]}
+    return root, run_, second.value, proc.returncode, err, state
 
 
 # 1 ------------------------------------------------------------------------------------------
@@ -114,7 +117,7 @@ def test_1_rerunning_a_saved_config_makes_a_new_run(trained, tmp_path):
 
 # 2 ------------------------------------------------------------------------------------------
 def test_2_a_second_fit_of_a_running_run_is_refused(interrupted):
-    _, run_, second, _, _ = interrupted
+    _, run_, second, _, _, _ = interrupted
     assert "being written by process" in str(second)
     lock_pid = str(second).split("process ")[1].split()[0]
     assert lock_pid.isdigit() and int(lock_pid) != os.getpid()
@@ -138,10 +141,11 @@ def test_2_a_stale_lock_is_detected_and_taken_over(tmp_path):
 
 # 3 ------------------------------------------------------------------------------------------
 def test_3_resume_appends_metrics_and_accumulates_time(interrupted):
-    _, run_, _, _, _ = interrupted
-    first = run_.read_summary()
+    _, run_, _, _, _, state = interrupted
+    first = state["summary"]
     stopped = first["steps"]
-    before = rows(run_.path)
+    before = state["rows"]
+    assert rows(run_.path)[:len(before)] == before
     cli = run(["fit", "--resume", str(run_.path), "--trainer.max_steps", str(stopped + 30),
                "--run.test_after_fit", "false", "--trainer.enable_progress_bar", "false"])
     assert cli.run_dir == run_.path and cli.trainer.global_step == stopped + 30
@@ -260,12 +264,12 @@ def test_6_p_values_against_the_validation_set():
 
 # 7 ------------------------------------------------------------------------------------------
 def test_7_sigint_saves_last_ckpt_at_that_step_and_marks_the_run_interrupted(interrupted):
-    _, run_, _, code, err = interrupted
+    _, run_, _, code, err, state = interrupted
     assert code == 128 + signal.SIGINT, err[-2000:]
-    s = run_.read_summary()
+    s = state["summary"]
     assert s["status"] == "interrupted", s
-    ckpt = torch.load(run_.checkpoint("last"), map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == s["steps"] > 0
+    assert state["ckpt_step"] == s["steps"] > 0
+    assert f"saved {run_.checkpoint('last')} at step {s['steps']}" in err
     assert f"cnf fit --resume {run_.path}" in err
     assert "test/nll" not in s["metrics"], "an interrupted fit must not run the test"
 
@@ -281,10 +285,7 @@ def test_7_kill_9_leaves_an_unfinished_run_that_the_report_lists(tmp_path):
                       "--run.checkpoint_every_minutes", "0.01", "--trainer.log_every_n_steps", "5",
                       "--trainer.limit_val_batches", "1")
     try:
-        _wait_for_steps(run_, proc, 1)
-        t0 = time.monotonic()
-        while not run_.checkpoint("last").exists() and time.monotonic() - t0 < 120:
-            time.sleep(0.3)
+        _wait_for(proc, lambda: run_.checkpoint("last").exists())
         time.sleep(1.0)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)

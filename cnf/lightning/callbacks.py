@@ -307,16 +307,26 @@ class GracefulStop(L.Callback):
         self._last_save = time.monotonic()
         return path
 
+    # Checkpoints are written where Lightning's step counters agree (between steps, or
+    # after the loop ended): one written inside on_train_batch_end resumes with the logging
+    # step one behind, and rows get logged twice.
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                             batch: Any, batch_idx: int) -> None:
+        if (self.every_minutes > 0 and self.signal is None and trainer.global_step > 0
+                and time.monotonic() - self._last_save >= 60 * self.every_minutes):
+            self.save_last(trainer)
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.signal is not None and not trainer.should_stop:
-            path = self.save_last(trainer)
+        if self.signal is not None:
             trainer.should_stop = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.signal is not None:
+            path = self.save_last(trainer)
             if trainer.is_global_zero:
                 print(f"cnf: saved {path} at step {trainer.global_step}", file=sys.stderr,
                       flush=True)
-        elif self.every_minutes > 0 and time.monotonic() - self._last_save >= 60 * self.every_minutes:
-            self.save_last(trainer)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore()
