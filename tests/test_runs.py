@@ -368,3 +368,34 @@ def test_a_new_run_warns_about_no_existing_logs(tmp_path, recwarn):
             "--run.test_after_fit", "false")
     texts = [str(w.message) for w in recwarn]
     assert not [t for t in texts if "will be deleted" in t or "exists and is not empty" in t], texts
+
+
+# W&B (issue 16): the offline run holds the summary fields and the plots; resume continues it
+def test_wandb_run_has_the_summary_fields_and_plots_and_resume_keeps_its_id(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    args = ["--run.wandb", "offline", "--trainer.val_check_interval", "5",
+            "--data.init_args.n_train", "1000", "--run.test_after_fit", "false"]
+    cli = run_cli(tmp_path, "fit", "toy_realnvp", "--trainer.max_steps", "5", *args)
+    import wandb
+
+    wandb.finish()
+    run(["fit", "--resume", str(cli.run_dir), "--trainer.max_steps", "10",
+         "--trainer.enable_progress_bar", "false", *args])
+    wandb.finish()
+    runs = sorted((cli.run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    ids = {p.stem for p in runs}
+    assert len(runs) == 2 and ids == {f"run-{RunDir(cli.run_dir).read_summary()['wandb_id']}"}
+    exe = Path(sys.executable).parent / "wandb"
+    out = subprocess.run([str(exe), "leet", "inspect", "--json", str(runs[-1])],
+                         capture_output=True, text=True, timeout=120)
+    records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    summary: dict = {}
+    for r in records:
+        if r.get("type") == "summary":
+            summary.update(r["summary"].get("update", {}))
+    s = RunDir(cli.run_dir).read_summary()
+    assert summary["status"] == "finished" and summary["parameters"] == s["parameters"]
+    assert summary["s_per_step"] == s["s_per_step"] and summary["peak_memory_mb"] > 0
+    assert summary["steps"] == 10
+    assert summary["plots/density_final._type"] == "images/separated"
