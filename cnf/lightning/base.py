@@ -37,3 +37,8 @@ class OptimizationMixin:
                 f"learning rate (model.optimizer.init_args.lr) or clip gradients "
                 f"(trainer.gradient_clip_val). The weights were not updated."
             )
+
+
+def default_adam(params: Any) -> torch.optim.Optimizer:
+    """The default optimizer of the training modules: Adam at lr 1e-3."""
+    return torch.optim.Adam(params, lr=1e-3)
