@@ -59,8 +59,13 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
 from cnf.errors import CNFError, ConfigError
-from cnf.lightning.callbacks import (DensityPlot2D, GracefulStop, RunCSVLogger, RunSummary,
-                                     checkpoint_note)
+from cnf.lightning.callbacks import (
+    DensityPlot2D,
+    GracefulStop,
+    RunCSVLogger,
+    RunSummary,
+    checkpoint_note,
+)
 from cnf.lightning.predictions import PredictionWriter
 from cnf.lightning.progress import ElapsedTime, LineProgressBar
 from cnf.rundir import INTERRUPTED, RunDir, run_dir_of_checkpoint
@@ -600,7 +605,9 @@ def _translate(exc: BaseException) -> CNFError | None:
             return cause
         if isinstance(cause, pickle.UnpicklingError) and "weights_only" in str(cause).lower() + "weights only":
             first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-            return ConfigError(
+            from cnf.errors import UntrustedCheckpointError
+
+            return UntrustedCheckpointError(
                 "refused to load the checkpoint: it holds pickled Python objects, and unpickling "
                 f"can run arbitrary code ({first[:200]}). Load it only if you trust where it "
                 "came from, with --weights_only false")

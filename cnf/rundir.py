@@ -226,7 +226,7 @@ class RunDir:
                                                    f"{self.lock_path})")
                     raise RunLockedError(
                         f"run directory {self.path} is being written by {info.describe()}"
-                        f"{where}; wait for it to end, or choose another --run.name")
+                        f"{where}; wait for it to end, or choose another --run.name") from None
                 note = (f"removed a stale lock of {info.describe()}, which no longer runs"
                         if info is not None else f"removed an unreadable lock {self.lock_path}")
                 try:

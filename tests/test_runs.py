@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from cnf.cli import main, run
-from cnf.errors import ConfigError, NonFiniteError
+from cnf.errors import ConfigError, NonFiniteError, UntrustedCheckpointError
 from cnf.rundir import RunDir, RunLockedError
 
 from .helpers import EXPERIMENTS, REPO, run_cli
@@ -345,10 +345,10 @@ def test_a_checkpoint_that_needs_unpickling_is_refused(trained, tmp_path):
     evil = tmp_path / "shared.ckpt"
     torch.save(ckpt, evil)
     for sub in ("test", "predict"):
-        with pytest.raises(ConfigError, match="--weights_only false"):
+        with pytest.raises(UntrustedCheckpointError, match="--weights_only false"):
             run_cli(tmp_path, sub, "toy_realnvp", "--ckpt_path", str(evil), name="")
         assert not marker.exists(), "loading the checkpoint ran its pickled code"
-    with pytest.raises(ConfigError, match="--weights_only false"):
+    with pytest.raises(UntrustedCheckpointError, match="--weights_only false"):
         run_cli(tmp_path, "fit", "toy_realnvp", *FAST, "--ckpt_path", str(evil), name="f")
     assert not marker.exists()
 
