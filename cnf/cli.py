@@ -320,6 +320,9 @@ class CNFCLI(LightningCLI):
         owner = run_dir_of_checkpoint(ckpt) if ckpt else None
         if ckpt is None and opts.name and not opts.untrained:
             named = RunDir(Path(opts.root) / self.experiment / opts.name)
+            if not named.is_run:
+                raise ConfigError(f"there is no run {named.path}; pass --ckpt_path, or the "
+                                  f"--run.name of a run under {named.path.parent}")
             ckpt = named.best_or_last_checkpoint()
             if ckpt is None:
                 raise ConfigError(
