@@ -186,7 +186,7 @@ def test_4_test_without_a_checkpoint_is_refused_unless_untrained(tmp_path):
     from cnf.errors import DataError
     from cnf.report.runs import load_evaluations, load_runs
 
-    with pytest.raises(DataError, match="no training runs"):
+    with pytest.raises(DataError, match="no runs under"):
         load_runs(tmp_path / "runs")  # an untrained evaluation is not a run
     assert [e.label for e in load_evaluations(tmp_path / "runs")] == ["untrained"]
 

@@ -246,7 +246,7 @@ def load_runs(root: str | Path) -> list[Run]:
                         seed=m.get("seed"), status=str(m.get("status")), summary={}, config={},
                         error=m.get("error")))
     if not runs:
-        raise DataError(f"no training runs under {root}: a run directory holds summary.json (written by "
+        raise DataError(f"no runs under {root}: a run directory holds summary.json (written by "
                         f"`cnf fit`); check the path or run `cnf compare` first")
     # an experiment folder holding several models: name those runs by their model class
     by_label: dict[str, set[str]] = {}
