@@ -116,6 +116,7 @@ def test_1_rerunning_a_saved_config_makes_a_new_run(trained, tmp_path):
 
 
 # 2 ------------------------------------------------------------------------------------------
+@pytest.mark.serial  # a fit subprocess and a signal
 def test_2_a_second_fit_of_a_running_run_is_refused(interrupted):
     _, run_, second, _, _, _ = interrupted
     assert "being written by process" in str(second)
@@ -140,6 +141,7 @@ def test_2_a_stale_lock_is_detected_and_taken_over(tmp_path):
 
 
 # 3 ------------------------------------------------------------------------------------------
+@pytest.mark.serial  # a fit subprocess and a signal
 def test_3_resume_appends_metrics_and_accumulates_time(interrupted):
     _, run_, _, _, _, state = interrupted
     first = state["summary"]
@@ -263,6 +265,7 @@ def test_6_p_values_against_the_validation_set():
 
 
 # 7 ------------------------------------------------------------------------------------------
+@pytest.mark.serial  # a fit subprocess and a signal
 def test_7_sigint_saves_last_ckpt_at_that_step_and_marks_the_run_interrupted(interrupted):
     _, run_, _, code, err, state = interrupted
     assert code == 128 + signal.SIGINT, err[-2000:]
@@ -275,6 +278,7 @@ def test_7_sigint_saves_last_ckpt_at_that_step_and_marks_the_run_interrupted(int
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # a fit subprocess and a signal
 def test_7_kill_9_leaves_an_unfinished_run_that_the_report_lists(tmp_path):
     from cnf.report import write_report
     from cnf.report.runs import load_runs
