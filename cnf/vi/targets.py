@@ -62,8 +62,10 @@ def _w3(z: Tensor) -> Tensor:
 
 
 def _neg_log_sum_exp2(a: Tensor, b: Tensor) -> Tensor:
-    """``-ln(e^a + e^b)``, computed stably."""
-    return -torch.logaddexp(a, b)
+    """``-ln(e^a + e^b)``, computed stably. ``logsumexp`` rather than ``logaddexp``: the
+    second derivative of ``torch.logaddexp`` is NaN once ``e^a`` and ``e^b`` underflow (U1 at
+    ``z1 = 10``), and Hamiltonian / Langevin flows differentiate ``∇U``."""
+    return -torch.logsumexp(torch.stack([a, b]), dim=0)
 
 
 def energy_u1(z: Tensor) -> Tensor:

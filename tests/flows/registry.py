@@ -333,3 +333,15 @@ CASES["flowpp_channel"] = Case(_flowpp_image("channel"), shapes=IMAGE_SHAPES, in
 CASES["flowpp_image"] = Case(lambda s: perturb(__import__("cnf.flows.flowpp", fromlist=["x"])
                                                .FlowPPImage(s, scales=2, components=2, hidden=8), 0.05),
                              shapes=((1, 4, 4),), inputs=_shifted_inputs, inverse_atol=1e-9)
+
+# Hamiltonian flow with a learned potential on (z, ρ): volume preserving (log-det exactly 0,
+# hence the "volume_preserving" prefix the harness knows), and with tempering (log-det ≠ 0)
+def _hamiltonian(tempering):
+    from cnf.flows.hamiltonian import HamiltonianFlow
+
+    return lambda s: perturb(HamiltonianFlow(s[0], steps=3, step_size=0.3, tempering=tempering,
+                                             hidden=16), 0.3)
+
+
+CASES["volume_preserving_hamiltonian"] = Case(_hamiltonian(False), shapes=((2,), (4,)))
+CASES["hamiltonian_tempered"] = Case(_hamiltonian(True), shapes=((2,), (4,)))
