@@ -37,7 +37,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	cp constraints.txt $(VENV)/constraints.txt
 	@if [ -n "$(TORCH_PIN)" ]; then echo "$(TORCH_PIN)" >> $(VENV)/constraints.txt; $(PY) -m pip install -q "$(TORCH_PIN)"; fi
-	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[dev,data,bench]"
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[dev,data,bench,slurm,wandb]"
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install cnf (CPU torch pinned)

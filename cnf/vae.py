@@ -13,8 +13,11 @@ with ``p(z) = N(0, I)`` and a Bernoulli decoder. Posteriors (``posterior=``):
 - ``diagonal``: no flow (the VAE of Kingma & Welling).
 - amortized (van den Berg et al., 2018): a linear head on ``h`` outputs every flow parameter
   per data point; ``planar``, ``radial`` (Rezende & Mohamed, 2015),
-  ``sylvester_orthogonal``, ``sylvester_householder`` (:mod:`cnf.flows.amortized`).
-- conditioned on ``h`` (the flow gets ``context = h``): ``iaf`` (Kingma et al., 2016),
+  ``sylvester_orthogonal``, ``sylvester_householder`` (``Planar(amortized=True)``,
+  ``Radial(amortized=True)``, :class:`cnf.flows.sylvester.Sylvester`, stacked by
+  :class:`cnf.flows.amortized.AmortizedChain`).
+- conditioned on ``h`` (the flow gets ``context = h``): ``iaf`` (Kingma et al., 2016;
+  ``IAF(context_dim=hidden, gated=True)``),
   ``realnvp`` (RealNVP couplings with context), ``ffjord`` (``num_flows`` CNF blocks,
   :class:`cnf.flows.amortized.ConditionalCNF`: h projected to ``latent_dim`` features
   carried as frozen ODE state; ``flow_options`` go to the CNF, e.g. solver tolerances), or
@@ -42,16 +45,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnf.errors import ConfigError, ShapeError
-from cnf.flows.amortized import (
-    AmortizedChain,
-    AmortizedPlanar,
-    AmortizedRadial,
-    AmortizedSylvester,
-    ConditionalCNF,
-    ConditionalIAF,
-)
+from cnf.flows.amortized import AmortizedChain, ConditionalCNF
+from cnf.flows.autoregressive import IAF
 from cnf.flows.base import Chain, Flow
 from cnf.flows.nets import activation
+from cnf.flows.planar import Planar
+from cnf.flows.radial import Radial
+from cnf.flows.sylvester import Sylvester
 
 __all__ = ["FlowVAE", "POSTERIORS"]
 
@@ -110,17 +110,20 @@ class FlowVAE(nn.Module):
         d = latent_dim
         if posterior in ("planar", "radial", "sylvester_orthogonal", "sylvester_householder"):
             layers = {
-                "planar": lambda: AmortizedPlanar(d),
-                "radial": lambda: AmortizedRadial(d),
-                "sylvester_orthogonal": lambda: AmortizedSylvester(d, num_columns or d),
-                "sylvester_householder": lambda: AmortizedSylvester(
+                "planar": lambda: Planar(d, amortized=True),
+                "radial": lambda: Radial(d, amortized=True),
+                "sylvester_orthogonal": lambda: Sylvester(d, num_columns or d),
+                "sylvester_householder": lambda: Sylvester(
                     d, variant="householder", num_householder=num_householder),
             }[posterior]
             self.flow = AmortizedChain([layers() for _ in range(num_flows)])
             self.amortize = nn.Linear(hidden, self.flow.param_dim)
         elif posterior == "iaf":
-            self.flow = Chain([ConditionalIAF(d, hidden, flow_hidden, reverse=bool(i % 2))
-                               for i in range(num_flows)])
+            if d < 2:
+                raise ConfigError("posterior='iaf' needs latent_dim >= 2")
+            # the IAF paper's gated update, one hidden layer pair of width flow_hidden
+            self.flow = IAF(d, num_transforms=num_flows, hidden=(flow_hidden, flow_hidden),
+                            context_dim=hidden, act="elu", gated=True)
         elif posterior == "realnvp":
             from cnf.flows.coupling import RealNVP
 
