@@ -64,8 +64,11 @@ def test_same_key_skips_another_budget_is_refused_or_replaced(tmp_path, capsys):
     run_suite(suite, longer, echo=False, replace=True)
     assert _starts(suite) == 4 and [m.status for m in longer] == ["finished"] * 2
     assert RunDir(suite.runs_dir / "m0").read_summary()["suite_key"]["max_steps"] == 300
-    old = list((suite.runs_dir / ".superseded").iterdir())
+    old = list((suite.runs_dir / ".attempts").glob("*-superseded"))
     assert len(old) == 2 and all(RunDir(p).is_finished for p in old)
+    from cnf.report import load_runs
+
+    assert len(load_runs(suite.runs_dir)) == 2  # the report shows only the current runs
 
 
 def test_changed_configuration_is_a_conflict_not_a_skip(tmp_path):

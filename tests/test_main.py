@@ -34,7 +34,8 @@ def _probe(argv: list[str]) -> tuple[str, str, int]:
     return out + proc.stderr, heavy, int(code)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["report", "--help"], ["compare", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["report", "--help"], ["compare", "--help"],
+                                  ["evaluate", "--help"]])
 def test_help_does_not_import_torch_or_lightning(argv):
     out, heavy, code = _probe(argv)
     assert code == 0

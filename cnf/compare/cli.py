@@ -45,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
                    "write the report")
     p.add_argument("--rerun-changed", action="store_true",
                    help="runs finished with another budget or configuration move to "
-                   ".superseded/ and run again (default: refuse, naming them)")
+                   ".attempts/ (marked superseded) and run again (default: refuse, naming them)")
     p.add_argument("--gpus", help="local launcher: GPU ids to spread runs over, e.g. 0,1,2,3 "
                    "(default: all visible when more than one; 'none' runs one at a time)")
     p.add_argument("--wandb", choices=["offline", "online", "disabled"],

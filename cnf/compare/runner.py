@@ -203,12 +203,14 @@ def log_path(suite: Suite, member: Member) -> Path:
     return suite.runs_dir / "logs" / f"{member.run_name}.log"
 
 
-def _move_aside(suite: Suite, member: Member, folder: str) -> Path | None:
-    """Move an existing run directory into ``runs/<suite>/<folder>/<run>-<stamp>``."""
+def _move_aside(suite: Suite, member: Member, why: str) -> Path | None:
+    """Move an existing run directory to ``runs/<suite>/.attempts/<run>-<stamp>-<why>``
+    (kept for inspection; reports leave ``.attempts`` out)."""
     run_dir = Path(member.run_dir)
     if not run_dir.exists():
         return None
-    target = suite.runs_dir / folder / f"{member.run_name}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    stamp = f"{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    target = suite.runs_dir / ".attempts" / f"{member.run_name}-{stamp}-{why}"
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(run_dir), str(target))
     return target
@@ -305,7 +307,7 @@ def check_keys(members: list[Member], *, replace: bool = False) -> list[tuple[Me
             f"{len(conflicts)} run(s) of this suite already finished with another budget or "
             f"configuration, so they are not the runs asked for:\n{lines}{more}\n"
             f"Keep both: give this budget its own folder (--root runs/<other>). Replace them: "
-            f"--rerun-changed (the old runs move to .superseded/ in the suite folder). Or run "
+            f"--rerun-changed (the old runs move to .attempts/ in the suite folder, which reports leave out). Or run "
             f"with the budget they were made with.")
     return conflicts
 
@@ -341,7 +343,7 @@ def run_suite(suite: Suite, members: list[Member], *, gpus: list[str] | None = N
     todo: list[tuple[int, Member]] = []
     for i, m in enumerate(members, 1):
         if m.run_name in conflicts:
-            _move_aside(suite, m, ".superseded")
+            _move_aside(suite, m, "superseded")
         elif classify(m)[0] == SKIP:
             m.status = "skipped"
             continue
@@ -350,7 +352,7 @@ def run_suite(suite: Suite, members: list[Member], *, gpus: list[str] | None = N
             todo.append((i, m))
             continue
         else:
-            _move_aside(suite, m, ".attempts")  # an unfinished attempt: keep it, start clean
+            _move_aside(suite, m, "attempt")  # an unfinished attempt: keep it, start clean
         m.status = "pending"
         todo.append((i, m))
     skipped = sum(m.status == "skipped" for m in members)

@@ -37,6 +37,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "fill a masked region of test images by MAP under the model (image runs)"),
     "exact": ("cnf.evaluate.commands:exact",
               "test NLL with exact log-determinants where the dimension allows"),
+    "nfe-curve": ("cnf.nfe_curve", "NLL and sample energy distance against NFE (rk4 steps, "
+                  "dopri5 tolerances) of a CNF run"),
     "attributes": ("cnf.attributes", "class-mean latents and a grid moving test images along their difference (digits)"),
 }
 

@@ -32,13 +32,13 @@ from torch import Tensor, nn
 
 from cnf.errors import ConfigError, ShapeError
 from cnf.flows.base import Chain, Flow, Inverse
+from cnf.nn import FUNCTIONAL
 from cnf.numerics import blockwise
 
 __all__ = ["MADE", "AutoregressiveLayer", "MaskedAffineAutoregressive", "MAF", "IAF", "made_orders",
            "blockwise"]
 
-_ACTS = {"relu": torch.relu_, "tanh": torch.tanh, "elu": F.elu, "silu": F.silu, "swish": F.silu,
-         "gelu": F.gelu, "softplus": F.softplus}
+_ACTS = {**FUNCTIONAL, "relu": torch.relu_}
 
 
 def made_orders(dim: int, n: int) -> list[Tensor]:

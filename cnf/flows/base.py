@@ -154,8 +154,10 @@ def exact_logdet(module: nn.Module, exact: bool = True) -> Iterator[nn.Module]:
 
     Example::
 
-        >>> with exact_logdet(density):
-        ...     nll = -density.log_prob(x_test).mean()
+        >>> from cnf.distributions import Density, StandardNormal
+        >>> density = Density(IResNet(2, num_blocks=2), StandardNormal(2))
+        >>> with exact_logdet(density):     # exact Jacobian log-dets instead of the series
+        ...     nll = -density.log_prob(torch.randn(16, 2)).mean()
     """
     saved = []
     for m in module.modules():
