@@ -123,3 +123,16 @@ def test_errors_name_the_fix():
         FlowPPImage((1, 6, 6), scales=3)
     with pytest.raises(ShapeError):
         MixtureLogisticCoupling(3, [1, 0, 1])(torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("mask", ["checkerboard", "channel"])
+def test_image_coupling_tails_finite_float32(mask):
+    layer = _trained_like(ImageMixtureLogisticCoupling(2, mask, components=3, hidden=8), 0.1)
+    x = torch.full((2, 2, 4, 4), 1e4)
+    x[1] = -1e4
+    x.requires_grad_(True)
+    for fn in (layer.forward, layer.inverse):
+        out, logdet = fn(x)
+        assert torch.isfinite(out).all() and torch.isfinite(logdet).all()
+        (out.sum() + logdet.sum()).backward()
+        assert torch.isfinite(x.grad).all()
