@@ -311,7 +311,7 @@ class HamiltonianVI(ReverseKL):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)
-        self.log("train/step_size", float(self.hamiltonian.log_eps.exp().mean()))
+        self.log("train/step_size", float(self.hamiltonian.log_eps.detach().exp().mean()))
 
 
 class StochasticFlowVI(ReverseKL):
