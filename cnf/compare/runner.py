@@ -209,6 +209,10 @@ def _move_aside(suite: Suite, member: Member, why: str) -> Path | None:
     run_dir = Path(member.run_dir)
     if not run_dir.exists():
         return None
+    holder = RunDir(run_dir).lock_info()
+    if holder is not None and holder.alive is not False:  # alive here, or on another host
+        raise ConfigError(f"{run_dir} is being written by {holder.describe()}; wait for it "
+                          f"to end (or stop it) before running this suite again")
     stamp = f"{_dt.datetime.now():%Y%m%d-%H%M%S}"
     target = suite.runs_dir / ".attempts" / f"{member.run_name}-{stamp}-{why}"
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -35,8 +35,7 @@ class OptimizationMixin:
             raise NonFiniteError(
                 f"non-finite gradients at step {self.global_step} in {bad[:5]}; lower the "
                 f"learning rate (model.optimizer.init_args.lr) or clip gradients "
-                f"(trainer.gradient_clip_val). The weights were not updated and the last good "
-                f"checkpoint is kept."
+                f"(trainer.gradient_clip_val). The weights were not updated."
             )
 
 

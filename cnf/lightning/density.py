@@ -92,8 +92,7 @@ class DensityEstimation(OptimizationMixin, L.LightningModule):
             raise NonFiniteError(
                 f"the training loss became {float(loss)} at step {self.global_step} "
                 f"(nll={float(nll)}); lower the learning rate (model.optimizer.init_args.lr), "
-                f"clip gradients (trainer.gradient_clip_val), or tighten the ODE tolerances. "
-                f"The last good checkpoint is kept in the run's checkpoints/ folder."
+                f"clip gradients (trainer.gradient_clip_val), or tighten the ODE tolerances."
             )
         # under DDP every rank logs these keys each step: the mean over ranks is logged
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
