@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from cnf.cli import run
 from cnf.errors import DataError
 from cnf.flows.continuous import FFJORD
 from cnf.rundir import RunDir
-from tests.helpers import EXPERIMENTS, run_cli, summary
+from tests.helpers import run_cli, summary
 
 
 def five_column_csv(path, n=1000):
@@ -35,8 +34,9 @@ def test_file_configs_take_dim_and_context_dim_from_the_file(tmp_path, config, d
     if config == "file_cond_ffjord" and "context_dim" not in inspect.signature(FFJORD).parameters:
         pytest.skip("FFJORD has no context_dim yet (the flow-matching issue adds it)")
     csv = five_column_csv(tmp_path / "my.csv")
-    cli = run(["--config", str(EXPERIMENTS / f"{config}.yaml"), "--data.init_args.path", str(csv),
-               "--run.root", str(tmp_path / "runs"), "--run.wandb", "disabled"], run=False)
+    cli = run_cli(tmp_path, "fit", config, "--data.init_args.path", str(csv),
+                  "--trainer.max_steps", "1", "--run.test_after_fit", "false",
+                  "--run.progress", "none")
     density = cli.model.density
     assert density.flow.dim == dims[0] and density.event_shape == (dims[0],)
     assert density.context_dim in ((0, None) if dims[1] is None else (dims[1],))
