@@ -45,7 +45,8 @@ class OptimizationMixin:
     # -- logging cadence -------------------------------------------------------------------
     def metrics_logged_this_step(self, after_optimizer_step: bool = False) -> bool:
         """Whether Lightning writes this step's ``on_step`` metrics to the loggers (every
-        ``trainer.log_every_n_steps`` steps, and when the trainer is about to stop).
+        ``trainer.log_every_n_steps`` steps, and when the trainer is about to stop), or this
+        is the last step (``trainer.max_steps``), whose values the run summary keeps.
 
         Logging a training metric on the other steps changes no logged value: the loggers
         never see it, only ``callback_metrics`` (and the progress bar) would hold it until the
@@ -53,11 +54,10 @@ class OptimizationMixin:
         ``after_optimizer_step=True``, from ``on_train_batch_end``.
         """
         trainer = self.trainer  # type: ignore[attr-defined]
-        every = trainer.log_every_n_steps
-        if not every:
-            return False
         step = self.global_step + (0 if after_optimizer_step else 1)  # type: ignore[attr-defined]
-        return step % every == 0 or trainer.should_stop
+        every = trainer.log_every_n_steps
+        last = trainer.max_steps is not None and 0 < trainer.max_steps <= step
+        return bool(every and step % every == 0) or trainer.should_stop or last
 
     # -- non-finite guard ------------------------------------------------------------------
     def guard_loss(self, loss: Tensor, **parts: Tensor) -> None:
