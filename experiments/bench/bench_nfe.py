@@ -1,7 +1,7 @@
 """Where one function evaluation of a CNF solve goes, and torchdiffeq beside torchode.
 
 FFJORD's toy field (3×64 concatsquash, tanh, D = 2, batch 100, T = 0.5), one thread. All
-figures are ms per call (or per function evaluation, NFE), medians of interleaved rounds:
+figures are CPU ms per call (or per function evaluation, NFE), medians of interleaved rounds:
 
 - ``field``: the bare field ``net(t, z)`` without autograd; ``field+jvp``: the field and
   its exact Jacobian in one forward-mode pass (``net.forward_jvp``, what the solver's
@@ -13,6 +13,8 @@ figures are ms per call (or per function evaluation, NFE), medians of interleave
   linear right-hand side on the same state shapes (``[B, D]``, ``[B, 1]``).
 - ``odeint_cnf ...``: cnf's whole solve (eval: no grad; rk4 with 0.125 steps; dopri5 at
   1e-5) divided by its NFE, and training (rk4, direct backprop, forward + backward).
+- ``torchdiffeq eval dopri5, packed RHS``: torchdiffeq on the same ``[B, D+1]`` right-hand
+  side torchode gets, without cnf's bookkeeping (NFE budget, step checks, tuple state).
 - ``torchode ...`` (needs ``torchode==1.0.1``, the ``bench`` extra): the same augmented
   right-hand side on a packed ``[B, D+1]`` state, dopri5 and tsit5 at the same tolerances,
   per-sample step control (no coupling of the batch).
@@ -53,10 +55,11 @@ class _EndTime(torch.nn.Module):
 
 
 def _timeit(fn: Callable[[], object], reps: int) -> float:
-    t0 = time.perf_counter()
+    """CPU ms per call (process time: on a loaded machine wall time measures the queue)."""
+    t0 = time.process_time()
     for _ in range(reps):
         fn()
-    return 1000 * (time.perf_counter() - t0) / reps
+    return 1000 * (time.process_time() - t0) / reps
 
 
 def main() -> None:
@@ -142,7 +145,13 @@ def main() -> None:
         (zz.pow(2).sum() - logdet.sum()).backward()
         return c.forward
 
-    def torchode_eval(method: str) -> Callable[[], int]:
+    def cnf_train_dopri5_adjoint():
+        c = NFECounter()
+        zz, logdet, _ = odeint_cnf(net, z, end, dopri, counter=c)
+        (zz.pow(2).sum() - logdet.sum()).backward()
+        return c.forward + c.backward
+
+    def torchode_solver(method: str):
         def rhs(s, y):  # s: [B]; y: [B, D+1]
             zz = y[:, :D]
             tt = (s * T).unsqueeze(1)
@@ -153,7 +162,22 @@ def main() -> None:
         term = torchode.ODETerm(rhs)
         step = torchode.Dopri5(term=term) if method == "dopri5" else torchode.Tsit5(term=term)
         ctrl = torchode.IntegralController(atol=1e-5, rtol=1e-5, term=term)
-        solver = torchode.AutoDiffAdjoint(step, ctrl)
+        return torchode.AutoDiffAdjoint(step, ctrl)  # autograd through the steps
+
+    def torchode_train(method: str) -> Callable[[], int]:
+        solver = torchode_solver(method)
+        t_eval = torch.tensor([0.0, 1.0]).repeat(B, 1)
+
+        def go():
+            y0 = torch.cat([z, torch.zeros(B, 1)], 1)
+            sol = solver.solve(torchode.InitialValueProblem(y0=y0, t_eval=t_eval))
+            y1 = sol.ys[:, -1]
+            (y1[:, :D].pow(2).sum() + y1[:, D].sum()).backward()
+            return int(sol.stats["n_f_evals"].max())
+        return go
+
+    def torchode_eval(method: str) -> Callable[[], int]:
+        solver = torchode_solver(method)
         y0 = torch.cat([z, torch.zeros(B, 1)], 1)
         t_eval = torch.tensor([0.0, 1.0]).repeat(B, 1)
 
@@ -161,6 +185,26 @@ def main() -> None:
             with torch.no_grad():
                 sol = solver.solve(torchode.InitialValueProblem(y0=y0, t_eval=t_eval))
             return int(sol.stats["n_f_evals"].max())
+        return go
+
+    def td_packed(method: str) -> Callable[[], int]:
+        """torchdiffeq on the same packed right-hand side torchode gets (no cnf bookkeeping)."""
+        n = {"n": 0}
+
+        def rhs(s, y):
+            n["n"] += 1
+            f, jv = net.forward_jvp(s.to(y.dtype) * T, y[:, :D], basis)
+            div = jv.diagonal(dim1=0, dim2=2).sum(-1)
+            return torch.cat([T * f, (-T * div).unsqueeze(1)], 1)
+
+        y0 = torch.cat([z, torch.zeros(B, 1)], 1)
+        s = torch.tensor([0.0, 1.0], dtype=torch.float64)
+
+        def go():
+            n["n"] = 0
+            with torch.no_grad():
+                torchdiffeq.odeint(rhs, y0, s, method=method, rtol=1e-5, atol=1e-5)
+            return n["n"]
         return go
 
     # name -> (fn, is a solve returning NFE)
@@ -173,11 +217,14 @@ def main() -> None:
         "torchdiffeq trivial dopri5": (td_trivial("dopri5"), True),
         "odeint_cnf eval rk4": (cnf_eval(rk4), True),
         "odeint_cnf eval dopri5": (cnf_eval(dopri), True),
+        "torchdiffeq eval dopri5, packed RHS": (td_packed("dopri5"), True),
         "odeint_cnf train rk4 fwd+bwd": (cnf_train_rk4, True),
+        "odeint_cnf train dopri5 adjoint (per fwd+bwd NFE)": (cnf_train_dopri5_adjoint, True),
     }
     if torchode is not None:
         comps["torchode eval dopri5"] = (torchode_eval("dopri5"), True)
         comps["torchode eval tsit5"] = (torchode_eval("tsit5"), True)
+        comps["torchode train dopri5 backprop (per fwd NFE)"] = (torchode_train("dopri5"), True)
     times: dict[str, list[float]] = {k: [] for k in comps}
     nfes: dict[str, int] = {}
     for name, (fn, is_solve) in comps.items():  # warm-up (and torchode's first-call cost)
@@ -189,7 +236,7 @@ def main() -> None:
             reps = max(3, args.reps // (10 * nfes[name])) if is_solve else args.reps
             ms = _timeit(fn, reps)
             times[name].append(ms / nfes[name] if is_solve else ms)
-    print(f"\n| component | NFE per solve | ms per call or per NFE (median of {args.rounds}) |")
+    print(f"\n| component | NFE per solve | CPU ms per call or per NFE (median of {args.rounds}) |")
     print("|---|---|---|")
     for name in comps:
         nfe = str(nfes.get(name, "")) or "-"
