@@ -74,15 +74,19 @@ class _Window:
     """Wall and CPU seconds from the start of training to its end (every step, validation
     and checkpoint inside; setup before and the final plot after left out)."""
 
-    def __init__(self):
+    def __init__(self, profiler: cProfile.Profile | None = None):
         import lightning as L
 
         class Timer(L.Callback):
             def on_train_start(cb, trainer, pl_module):
+                if profiler is not None:
+                    profiler.enable()
                 self.t0 = (time.perf_counter(), time.process_time())
 
             def on_train_end(cb, trainer, pl_module):
                 self.t1 = (time.perf_counter(), time.process_time())
+                if profiler is not None:
+                    profiler.disable()
 
         self.callback = Timer()
 
@@ -90,9 +94,10 @@ class _Window:
         return (1000 * (self.t1[0] - self.t0[0]) / steps, 1000 * (self.t1[1] - self.t0[1]) / steps)
 
 
-def cnf_fit(name: str, steps: int, root: str, tag: str) -> dict:
+def cnf_fit(name: str, steps: int, root: str, tag: str,
+            profiler: cProfile.Profile | None = None) -> dict:
     """``cnf fit`` in-process; returns wall and CPU ms/step over the training window."""
-    window = _Window()
+    window = _Window(profiler)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         cli = cnf_run(["fit", *_args(name, steps, root, tag)],
                       trainer_defaults={"callbacks": [window.callback]})
@@ -117,7 +122,7 @@ def _validate(density: torch.nn.Module, val: torch.Tensor, batch_size: int) -> f
     return float(sum(parts) / len(val))
 
 
-def plain_fit(name: str, steps: int, root: str) -> dict:
+def plain_fit(name: str, steps: int, root: str, profiler: cProfile.Profile | None = None) -> dict:
     """A plain loop: shuffled in-memory batches, Adam, validation on the same schedule."""
     model, dm, val_every = _build(name, steps, root)
     density = model.density
@@ -128,6 +133,8 @@ def plain_fit(name: str, steps: int, root: str) -> dict:
     bs = min(dm.batch_size, len(train))
     resample = getattr(dm, "resample_every_epoch", False)
     val_every = int(val_every)
+    if profiler is not None:
+        profiler.enable()
     t0, c0 = time.perf_counter(), time.process_time()
     step, epoch, val_nll = 0, 0, None
     while step < steps:
@@ -146,8 +153,11 @@ def plain_fit(name: str, steps: int, root: str) -> dict:
             if step >= steps:
                 break
         epoch += 1
-    return {"ms": 1000 * (time.perf_counter() - t0) / steps,
-            "cpu": 1000 * (time.process_time() - c0) / steps, "steps": steps, "val_nll": val_nll}
+    t1, c1 = time.perf_counter(), time.process_time()
+    if profiler is not None:
+        profiler.disable()
+    return {"ms": 1000 * (t1 - t0) / steps,
+            "cpu": 1000 * (c1 - c0) / steps, "steps": steps, "val_nll": val_nll}
 
 
 # -- profile ----------------------------------------------------------------------------
@@ -184,24 +194,40 @@ def _bucket_seconds(stats: pstats.Stats) -> dict[str, float]:
     return out
 
 
+def _own_by_package(stats: pstats.Stats) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for (path, _line, _func), (_cc, _nc, tt, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        if path == "~":
+            key = "<built-in/C>"
+        else:
+            key = next((k for k in ("lightning/", "torch/", "cnf/") if f"/{k}" in path), "other")
+        out[key] = out.get(key, 0.0) + tt
+    return out
+
+
 def profile(name: str, steps: int, root: str) -> None:
-    res = {}
-    for side in ("plain", "cnf"):  # cProfile timings are CPU-bound: use CPU ms/step
-        prof = cProfile.Profile()
-        t0 = time.perf_counter()
-        prof.enable()
-        r = plain_fit(name, steps, root) if side == "plain" else cnf_fit(name, steps, root, "profile")
-        prof.disable()
-        wall = time.perf_counter() - t0
-        res[side] = (_bucket_seconds(pstats.Stats(prof)), r["steps"], r["cpu"], wall)
-    (pb, ps, pms, _), (cb, cs, cms, _) = res["plain"], res["cnf"]
-    print(f"\nprofile {name} (cProfile on; CPU ms/step under the profiler: plain {pms:.1f}, "
-          f"cnf {cms:.1f}; cumulative ms per step, buckets overlap)")
+    """One cProfile pass per side, over the training window only, in CPU time."""
+    res, res_pkg = {}, {}
+    for side in ("plain", "cnf"):
+        prof = cProfile.Profile(time.process_time)
+        r = (plain_fit(name, steps, root, prof) if side == "plain"
+             else cnf_fit(name, steps, root, "profile", prof))
+        stats = pstats.Stats(prof)
+        res[side] = (_bucket_seconds(stats), r["steps"], r["cpu"])
+        res_pkg[side] = _own_by_package(stats)
+    (pb, ps, pms), (cb, cs, cms) = res["plain"], res["cnf"]
+    print(f"\nprofile {name} (cProfile on, training window only; CPU ms/step under the "
+          f"profiler: plain {pms:.1f}, cnf {cms:.1f}; cumulative CPU ms per step, buckets "
+          f"overlap)")
     print(f"  {'bucket':28s} {'plain':>8s} {'cnf':>8s} {'diff':>8s}")
     for b in BUCKETS:
         p, c = 1000 * pb[b] / ps, 1000 * cb[b] / cs
         if p or c:
             print(f"  {b:28s} {p:8.2f} {c:8.2f} {c - p:+8.2f}")
+    print("  own CPU ms per step by package:  plain | cnf")
+    for pkg in ("lightning/", "torch/", "cnf/", "<built-in/C>", "other"):
+        print(f"    {pkg:28s} {1000 * res_pkg['plain'].get(pkg, 0) / ps:8.2f} "
+              f"{1000 * res_pkg['cnf'].get(pkg, 0) / cs:8.2f}")
 
 
 def _l(values: list[float]) -> str:
