@@ -80,7 +80,10 @@ class OptimizationMixin:
         )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad for p in self.parameters() if p.grad is not None]  # type: ignore[attr-defined]
+        # the optimizer's own parameter list: exactly what the step would update, without
+        # walking the module tree every step
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]
+                 if p.grad is not None]
         loss_ok = getattr(self, "_loss_finite", None)
         self._loss_finite = None
         checks = []
