@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED := 1
 
 # suites (experiments/<suite>.yaml) and our own targets win over same-named experiment configs
 SUITES := toy tabular digits vi vae
-OWN_TARGETS := help install test test-fast lint demo clean compare report $(SUITES)
+OWN_TARGETS := help install test test-fast lint demo clean compare report gpu-check $(SUITES)
 EXPERIMENTS := $(filter-out $(OWN_TARGETS),$(sort $(basename $(notdir $(wildcard configs/experiment/*.yaml)))))
 BENCHES := $(sort $(basename $(notdir $(wildcard experiments/bench/bench_*.py))))
 SUITE ?= toy
@@ -37,16 +37,30 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	cp constraints.txt $(VENV)/constraints.txt
 	@if [ -n "$(TORCH_PIN)" ]; then echo "$(TORCH_PIN)" >> $(VENV)/constraints.txt; $(PY) -m pip install -q "$(TORCH_PIN)"; fi
-	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[dev,data,bench]"
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[dev,data,bench,slurm,wandb]"
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install cnf (CPU torch pinned)
 
-test: $(VENV)/.installed ## run the whole test suite (slow tests included)
-	WANDB_MODE=disabled $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+# tests: a parallel pass (pytest-xdist, one worker per core, at most 4), then the `serial`
+# tests (DDP, signals, the shared suite runs; tests/conftest.py) in one process. Exit status 5
+# ("no tests collected", e.g. PYTEST_ARGS picked only one kind) is not a failure.
+# PYTEST_WORKERS=0: the parallel pass in one process too.
+PYTEST_WORKERS ?= auto
+XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --maxprocesses 4)
+PYTEST := WANDB_MODE=disabled $(PY) -m pytest -q
+ok5 = s=$$?; [ $$s -eq 0 ] || [ $$s -eq 5 ]
 
-test-fast: $(VENV)/.installed ## run the suite without slow tests
-	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+test: $(VENV)/.installed ## whole suite (slow tests included): parallel, then serial; prints the slowest
+	@echo "== parallel pass"; $(PYTEST) $(XDIST) -m "not serial" --durations=15 $(PYTEST_ARGS); $(ok5)
+	@echo "== serial pass"; $(PYTEST) -p no:xdist -m "serial" --durations=5 $(PYTEST_ARGS); $(ok5)
+
+test-fast: $(VENV)/.installed ## the edit-test loop: no slow tests, parallel, then serial
+	@echo "== parallel pass"; $(PYTEST) $(XDIST) -m "not slow and not serial" --durations=10 $(PYTEST_ARGS); $(ok5)
+	@echo "== serial pass"; $(PYTEST) -p no:xdist -m "not slow and serial" --durations=5 $(PYTEST_ARGS); $(ok5)
+
+gpu-check: $(VENV)/.installed ## every family a few steps fp32 + bf16, DDP(1), CPU-vs-GPU log p: a table (tiny, CPU, without CUDA)
+	WANDB_MODE=disabled $(PY) experiments/gpu_check.py $(ARGS)
 
 lint: $(VENV)/.installed ## ruff over the package, tests and experiments
 	$(VENV)/bin/ruff check cnf tests experiments

@@ -43,6 +43,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgre
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
+from cnf import configs
 from cnf.errors import CNFError, ConfigError
 from cnf.lightning.callbacks import DensityPlot2D, RunSummary
 from cnf.lightning.progress import ElapsedTime, LineProgressBar
@@ -303,6 +304,10 @@ def _netrc_has_wandb() -> bool:
 
 def _config_error(exc: BaseException) -> ConfigError:
     msg = str(exc).strip()
+    from cnf.ode.solve import legacy_solver_hint  # CNF solver keys became one object
+
+    hint = legacy_solver_hint(msg)
+    msg = f"{msg}\n{hint}" if hint else msg
     return ConfigError(
         f"invalid configuration: {msg}\n"
         "Check the key names and class paths; `cnf fit --config FILE --print_config` shows "
@@ -320,7 +325,8 @@ def run(args: list[str] | None = None, **kwargs: Any) -> CNFCLI:
         subclass_mode_model=True, subclass_mode_data=True,
         save_config_callback=_SaveConfig,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"exit_on_error": False},
+        # experiment files may `extends:` another and override single keys (cnf.configs)
+        parser_kwargs={"exit_on_error": False, "parser_mode": configs.register()},
         auto_configure_optimizers=False,
     )
     kw.update(kwargs)

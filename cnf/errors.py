@@ -33,3 +33,8 @@ class SolverError(CNFError, RuntimeError):
 
 class InverseError(CNFError, RuntimeError):
     """A numerical inverse (fixed point, bisection, Newton) did not reach its tolerance."""
+
+
+class UntrustedCheckpointError(CNFError, RuntimeError):
+    """A checkpoint holds pickled Python objects, which run code when loaded; the message
+    names the option that loads it anyway, for files from a source you trust."""

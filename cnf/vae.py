@@ -13,11 +13,14 @@ with ``p(z) = N(0, I)`` and a Bernoulli decoder. Posteriors (``posterior=``):
 - ``diagonal``: no flow (the VAE of Kingma & Welling).
 - amortized (van den Berg et al., 2018): a linear head on ``h`` outputs every flow parameter
   per data point; ``planar``, ``radial`` (Rezende & Mohamed, 2015),
-  ``sylvester_orthogonal``, ``sylvester_householder`` (:mod:`cnf.flows.amortized`).
-- conditioned on ``h`` (the flow gets ``context = h``): ``iaf`` (Kingma et al., 2016),
+  ``sylvester_orthogonal``, ``sylvester_householder`` (``Planar(amortized=True)``,
+  ``Radial(amortized=True)``, :class:`cnf.flows.sylvester.Sylvester`, stacked by
+  :class:`cnf.flows.amortized.AmortizedChain`).
+- conditioned on ``h`` (the flow gets ``context = h``): ``iaf`` (Kingma et al., 2016;
+  ``IAF(context_dim=hidden, gated=True)``),
   ``realnvp`` (RealNVP couplings with context), ``ffjord`` (``num_flows`` CNF blocks,
-  :class:`cnf.flows.amortized.ConditionalCNF`: h projected to ``latent_dim`` features
-  carried as frozen ODE state; ``flow_options`` go to the CNF, e.g. solver tolerances), or
+  :class:`cnf.flows.continuous.CNF` with ``context_dim = hidden``: h enters the ODE net's
+  input; ``flow_options`` go to the CNF, e.g. ``solver: {...}``), or
   ``flow``: any :class:`cnf.flows.base.Flow` passed as ``flow=`` whose ``context_dim``
   equals ``hidden``.
 
@@ -42,16 +45,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnf.errors import ConfigError, ShapeError
-from cnf.flows.amortized import (
-    AmortizedChain,
-    AmortizedPlanar,
-    AmortizedRadial,
-    AmortizedSylvester,
-    ConditionalCNF,
-    ConditionalIAF,
-)
+from cnf.flows.amortized import AmortizedChain
+from cnf.flows.autoregressive import IAF
 from cnf.flows.base import Chain, Flow
 from cnf.flows.nets import activation
+from cnf.flows.planar import Planar
+from cnf.flows.radial import Radial
+from cnf.flows.sylvester import Sylvester
 
 __all__ = ["FlowVAE", "POSTERIORS"]
 
@@ -83,7 +83,8 @@ class FlowVAE(nn.Module):
         flow_hidden: hidden width of IAF's MADE / RealNVP's conditioners / the CNF's ODE net
             (two layers).
         flow_options: extra keyword arguments of the ``ffjord`` posterior's CNF blocks
-            (default: exact trace, dopri5 at rtol = atol = 1e-5, T = 0.5, no adjoint).
+            (default: exact trace, ``solver: {method: dopri5, rtol: 1e-5, atol: 1e-5,
+            adjoint: false}``, T = 0.5).
         flow: the flow for ``posterior="flow"`` (context = encoder features, ``[B, hidden]``).
     """
 
@@ -110,17 +111,20 @@ class FlowVAE(nn.Module):
         d = latent_dim
         if posterior in ("planar", "radial", "sylvester_orthogonal", "sylvester_householder"):
             layers = {
-                "planar": lambda: AmortizedPlanar(d),
-                "radial": lambda: AmortizedRadial(d),
-                "sylvester_orthogonal": lambda: AmortizedSylvester(d, num_columns or d),
-                "sylvester_householder": lambda: AmortizedSylvester(
+                "planar": lambda: Planar(d, amortized=True),
+                "radial": lambda: Radial(d, amortized=True),
+                "sylvester_orthogonal": lambda: Sylvester(d, num_columns or d),
+                "sylvester_householder": lambda: Sylvester(
                     d, variant="householder", num_householder=num_householder),
             }[posterior]
             self.flow = AmortizedChain([layers() for _ in range(num_flows)])
             self.amortize = nn.Linear(hidden, self.flow.param_dim)
         elif posterior == "iaf":
-            self.flow = Chain([ConditionalIAF(d, hidden, flow_hidden, reverse=bool(i % 2))
-                               for i in range(num_flows)])
+            if d < 2:
+                raise ConfigError("posterior='iaf' needs latent_dim >= 2")
+            # the IAF paper's gated update, one hidden layer pair of width flow_hidden
+            self.flow = IAF(d, num_transforms=num_flows, hidden=(flow_hidden, flow_hidden),
+                            context_dim=hidden, act="elu", gated=True)
         elif posterior == "realnvp":
             from cnf.flows.coupling import RealNVP
 
@@ -128,10 +132,13 @@ class FlowVAE(nn.Module):
                 raise ConfigError("posterior='realnvp' needs latent_dim >= 2")
             self.flow = RealNVP(d, num_layers=num_flows, hidden=flow_hidden, context_dim=hidden)
         elif posterior == "ffjord":
-            options = {"divergence": "exact", "T": 0.5, "solver": "dopri5", "rtol": 1e-5,
-                       "atol": 1e-5, "adjoint": False, **(flow_options or {})}
-            self.flow = Chain([ConditionalCNF(d, hidden, d, hidden=(flow_hidden, flow_hidden),
-                                              **options) for _ in range(num_flows)])
+            from cnf.flows.continuous import CNF
+
+            options = {"divergence": "exact", "T": 0.5,
+                       "solver": {"method": "dopri5", "rtol": 1e-5, "atol": 1e-5, "adjoint": False},
+                       **(flow_options or {})}
+            self.flow = Chain([CNF(d, context_dim=hidden, hidden=(flow_hidden, flow_hidden),
+                                   **options) for _ in range(num_flows)])
         elif posterior == "flow":
             self.flow = flow
 

@@ -1,4 +1,4 @@
-"""`cnf compare`: suite files, plans, resuming, failures, GPU workers (cnf/compare.py)."""
+"""`cnf compare`: suite files, plans, resuming, failures, GPU workers (cnf/compare/)."""
 
 import json
 import os
@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cnf.compare import Member, _select, finished, load_suite, main, parse_duration, plan, run_suite
+from cnf.compare import Member, load_suite, main, parse_duration, plan, run_suite
+from cnf.compare.cli import select as _select
 from cnf.errors import ConfigError
+from cnf.rundir import RunDir
 from tests.conftest import REPO, tiny_suite_files
 
 
@@ -127,7 +129,7 @@ def _fake_member(tmp_path: Path, i: int) -> Member:
 
 
 def test_one_member_per_gpu_runs_concurrently(tmp_path, capsys):
-    from cnf.compare import Suite
+    from cnf.compare.suite import Suite
 
     suite = Suite(name="fake", path=tmp_path / "s.yaml", description="", members=[],
                   data=[None], seeds=[0], root=tmp_path / "runs")
@@ -155,7 +157,7 @@ def test_suite_runs_records_failure_and_resumes(suite_runs, capsys):
     assert broken["status"] == "failed" and "NoSuchFlow" in broken["error"]
     assert Path(broken["log"]).exists() or (work / broken["log"]).exists()
     for label in ("toy_realnvp", "small"):
-        assert finished(work / by_label[label]["run_dir"])
+        assert RunDir(work / by_label[label]["run_dir"]).is_finished
     # progress was shown per member and for the suite
     assert "[1/3 toy_realnvp-8gaussians-s0] running toy_realnvp" in out
     assert "[fit] step 30/30 100%" in out and "suite 3/3 done, 1 failed" in out

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from cnf.cli import run
+from cnf.configs import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ("wine", "breast_cancer", "power", "gas", "hepmass", "miniboone", "bsds300")
@@ -57,7 +58,7 @@ def test_every_set_has_the_four_models():
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_config_names_valid_classes(config):
     assert config.read_text().startswith("# ")  # the help text of `make help`
-    cfg = _resolve(yaml.safe_load(config.read_text()), config.parent)
+    cfg = _resolve(load_file(config), config.parent)
     _check_class_nodes(cfg["model"], "model")
     _check_class_nodes(cfg["data"], "data")
 

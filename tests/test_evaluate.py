@@ -9,7 +9,7 @@ import torch
 
 from cnf import evaluate as ev
 from cnf.cli import run
-from cnf.data.dequantization import DequantizedDensity
+from cnf.dequantization import DequantizedDensity
 from cnf.distributions import Density, StandardNormal
 from cnf.flows.base import Flow
 from cnf.flows.coupling import RealNVP, RealNVPImage

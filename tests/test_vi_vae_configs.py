@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cnf.configs import load_file
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs" / "experiment").glob("vi_*.yaml")) + sorted(
     (ROOT / "configs" / "experiment").glob("vae_*.yaml"))
@@ -38,7 +40,7 @@ def _resolve(node, base: Path, where: str):
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_config_resolves(cfg):
-    tree = _resolve(yaml.safe_load(cfg.read_text()), cfg.parent, cfg.name)
+    tree = _resolve(load_file(cfg), cfg.parent, cfg.name)
     assert cfg.read_text().startswith("# "), "the first line is the make help text"
     assert tree["run"]["experiment"] == cfg.stem
     assert tree["run"]["monitor"] in ("val/free_energy", "val/neg_elbo")

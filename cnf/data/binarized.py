@@ -25,8 +25,6 @@ Example::
 
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 from typing import Literal
 
@@ -35,9 +33,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from cnf.data.images import read_digits, read_idx, read_mnist
 from cnf.errors import ConfigError, DataError
 
-__all__ = ["BinarizedDataModule", "load_digits", "read_idx", "load_mnist"]
+__all__ = ["BinarizedDataModule", "load_digits", "read_idx", "load_mnist"]  # read_idx: cnf.data.images
 
 DIGITS_SPLITS = (1197, 300, 300)
 
@@ -45,58 +44,22 @@ DIGITS_SPLITS = (1197, 300, 300)
 def load_digits() -> torch.Tensor:
     """The 1,797 scikit-learn digits as grayscale in [0, 1], ``[1797, 64]``, in a fixed
     shuffled order (permutation seed 0)."""
-    from sklearn.datasets import load_digits as _load
-
-    x = torch.from_numpy(_load().data.astype(np.float32) / 16.0)
+    x = torch.from_numpy(read_digits().reshape(-1, 64).astype(np.float32) / 16.0)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     return x[perm]
-
-
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped), e.g. MNIST's ``train-images-idx3-ubyte``."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise DataError(f"cannot read IDX file {path}: {exc}") from exc
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise DataError(f"{path} is not an IDX file (bad magic number)")
-    dtype_code, ndim = data[2], data[3]
-    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    if dtype_code not in dtypes:
-        raise DataError(f"{path}: unknown IDX data type 0x{dtype_code:02x}")
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-    arr = np.frombuffer(data, dtype=dtypes[dtype_code], offset=4 + 4 * ndim)
-    if arr.size != int(np.prod(shape)):
-        raise DataError(f"{path}: expected {int(np.prod(shape))} values for shape {shape}, "
-                        f"found {arr.size} (truncated download?)")
-    return arr.reshape(shape)
-
-
-def _find(root: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz"):
-        if (root / name).exists():
-            return root / name
-    return None
 
 
 def load_mnist(root: str | Path, n_val: int = 10000) -> dict[str, torch.Tensor]:
     """MNIST grayscale in [0, 1] from IDX files in ``root``: ``{"train": [50000, 784],
     "val": [10000, 784], "test": [10000, 784]}`` (val = the last ``n_val`` training images)."""
-    root = Path(root)
-    files = {s: _find(root, s) for s in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")}
-    missing = [s for s, p in files.items() if p is None]
-    if missing:
-        raise DataError(
-            f"MNIST files not found in {root.resolve()}: {', '.join(missing)} (or .gz). Put the "
-            f"IDX files from the MNIST distribution there, or the static binarization "
-            f"binarized_mnist_{{train,valid,test}}.amat, and set data.init_args.root; "
-            f"cnf does not download data. Offline alternative: data.init_args.name: digits")
-    train = torch.from_numpy(read_idx(files["train-images-idx3-ubyte"]).astype(np.float32) / 255)
-    test = torch.from_numpy(read_idx(files["t10k-images-idx3-ubyte"]).astype(np.float32) / 255)
-    train, test = train.reshape(len(train), -1), test.reshape(len(test), -1)
+    try:
+        train_u8, test_u8 = read_mnist(root, folders=("",))
+    except DataError as exc:
+        raise DataError(f"{exc} For VAEs the static binarization "
+                        f"binarized_mnist_{{train,valid,test}}.amat in that folder also works; "
+                        f"offline alternative: data.init_args.name: digits") from None
+    train = torch.from_numpy(train_u8.astype(np.float32) / 255).reshape(len(train_u8), -1)
+    test = torch.from_numpy(test_u8.astype(np.float32) / 255).reshape(len(test_u8), -1)
     if train.shape[1] != 784 or test.shape[1] != 784 or len(train) <= n_val:
         raise DataError(f"unexpected MNIST images: train {list(train.shape)}, test "
                         f"{list(test.shape)} (expected 28x28 and more than {n_val} training images)")

@@ -3,7 +3,7 @@ and CIFAR-10 (python pickled batches) from local files.
 
 Every loader returns ``(train, val, test)`` uint8 tensors ``[N, C, H, W]`` holding the levels
 ``0 .. levels-1`` (17 for digits, 256 for MNIST and CIFAR-10). Dequantization, scaling and the
-logit transform happen in the model (:mod:`cnf.data.dequantization`), so that bits/dim are
+logit transform happen in the model (:mod:`cnf.dequantization`), so that bits/dim are
 always computed on the data's own discrete levels.
 
 =========  ==========  ======  ================================================================
@@ -41,7 +41,8 @@ from cnf.data.datamodule import TensorDataModule
 from cnf.data.tabular import data_root
 from cnf.errors import ConfigError, DataError
 
-__all__ = ["LEVELS", "SHAPES", "NAMES", "read_idx", "load_digits", "load_mnist",
+__all__ = ["LEVELS", "SHAPES", "NAMES", "read_idx", "read_digits", "read_mnist", "load_digits",
+           "load_mnist",
            "load_cifar10", "load", "ImageDataModule", "pixel_histogram_bpd"]
 
 LEVELS: dict[str, int] = {"digits": 17, "mnist": 256, "cifar10": 256}
@@ -68,11 +69,15 @@ def _missing(name: str, rel: str, expected: Path, source: str, root: Path) -> Da
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (the MNIST format), gzipped or not: magic ``00 00 <type> <ndim>``,
-    ``ndim`` big-endian int32 sizes, then the data."""
+    ``ndim`` big-endian int32 sizes, then the data. The one IDX reader of cnf (the binarized
+    VAE data reads through it too)."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise DataError(f"cannot read IDX file {path}: {exc}") from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()})")
     ndim = raw[3]
@@ -83,6 +88,29 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(raw) - offset < count * dtype.itemsize:
         raise DataError(f"{path}: the header announces {dims} but the file is truncated")
     return np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(dims).copy()
+
+
+def read_digits() -> np.ndarray:
+    """scikit-learn's 8×8 digits as integer levels 0..16, uint8 ``[1797, 1, 8, 8]``, in
+    scikit-learn's order: the one digits reader (images split it, binarized scales it)."""
+    from sklearn.datasets import load_digits as _load
+
+    return _load().images.astype(np.uint8)[:, None]
+
+
+def read_mnist(root: str | os.PathLike | None = None,
+               folders: tuple[str, ...] = ("mnist", "MNIST/raw")) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST's training and test images from their IDX files (optionally ``.gz``) in the
+    first of ``root/<folder>`` that has them: uint8 ``[60000, 28, 28]`` and ``[10000, 28, 28]``.
+    The one MNIST reader (images and binarized data split it their own way)."""
+    r = data_root(root)
+    train = read_idx(_find(r, "mnist", folders, "train-images-idx3-ubyte", True, MNIST_URL))
+    test = read_idx(_find(r, "mnist", folders, "t10k-images-idx3-ubyte", True, MNIST_URL))
+    for arr, fname in ((train, "train-images"), (test, "t10k-images")):
+        if arr.ndim != 3 or arr.dtype != np.uint8:
+            raise DataError(f"mnist {fname}: expected uint8 images [N, H, W], got "
+                            f"{arr.dtype} {arr.shape}")
+    return train, test
 
 
 def _split(data: np.ndarray, seed: int, test_frac: float = 0.2, val_frac: float = 0.1) -> Splits:
@@ -96,10 +124,7 @@ def _split(data: np.ndarray, seed: int, test_frac: float = 0.2, val_frac: float 
 
 def load_digits(seed: int = 0) -> Splits:
     """scikit-learn's 8×8 digits (1,797 images, levels 0..16): seeded split 72 / 8 / 20 %."""
-    from sklearn.datasets import load_digits as _load
-
-    images = _load().images.astype(np.uint8)[:, None]  # [N, 1, 8, 8], values 0..16
-    return _split(images, seed)
+    return _split(read_digits(), seed)
 
 
 def _find(root: Path, name: str, folders: tuple[str, ...], filename: str,
@@ -115,14 +140,7 @@ def _find(root: Path, name: str, folders: tuple[str, ...], filename: str,
 def load_mnist(root: str | os.PathLike | None = None, n_val: int = 10_000) -> Splits:
     """MNIST from its IDX files: train = the first ``60000 - n_val`` training images, val = the
     last ``n_val``, test = the 10,000 test images; uint8 ``[N, 1, 28, 28]``."""
-    r = data_root(root)
-    folders = ("mnist", "MNIST/raw")
-    train = read_idx(_find(r, "mnist", folders, "train-images-idx3-ubyte", True, MNIST_URL))
-    test = read_idx(_find(r, "mnist", folders, "t10k-images-idx3-ubyte", True, MNIST_URL))
-    for arr, fname in ((train, "train-images"), (test, "t10k-images")):
-        if arr.ndim != 3 or arr.dtype != np.uint8:
-            raise DataError(f"mnist {fname}: expected uint8 images [N, H, W], got "
-                            f"{arr.dtype} {arr.shape}")
+    train, test = read_mnist(root)
     if not 0 < n_val < len(train):
         raise ConfigError(f"n_val must be in (0, {len(train)}), got {n_val}")
     out = (train[:-n_val], train[-n_val:], test)

@@ -105,6 +105,19 @@ def _split_tail(data: np.ndarray, frac: float = 0.1) -> tuple[np.ndarray, np.nda
     return data[:-n], data[-n:]
 
 
+def _three_splits(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MAF's splits: test = the last 10 %, val = the last 10 % of the rest."""
+    rest, test = _split_tail(data)
+    train, val = _split_tail(rest)
+    return train, val, test
+
+
+def _standardize_train_val(data: np.ndarray) -> Splits:
+    """MAF's splits standardized by the mean and std of train and val together."""
+    train, val, test = _three_splits(data)
+    return _standardize(train, val, test, np.vstack((train, val)))
+
+
 def _standardize(train: np.ndarray, val: np.ndarray, test: np.ndarray, stats: np.ndarray) -> Splits:
     mu, s = stats.mean(axis=0), stats.std(axis=0)
     return tuple(((a - mu) / s).astype(np.float32) for a in (train, val, test))  # type: ignore[return-value]
@@ -129,9 +142,7 @@ def preprocess_power(data: np.ndarray) -> Splits:
     sm_noise = rng.rand(n, 3)
     time_noise = np.zeros((n, 1))
     data = data + np.hstack((gap_noise, voltage_noise, sm_noise, time_noise))
-    rest, test = _split_tail(data)
-    train, val = _split_tail(rest)
-    return _standardize(train, val, test, np.vstack((train, val)))
+    return _standardize_train_val(data)
 
 
 def load_power(root: str | os.PathLike | None = None) -> Splits:
@@ -161,8 +172,7 @@ def preprocess_gas(values: np.ndarray, columns: list[str]) -> Splits:
         data = np.delete(data, int(np.where(b > 1)[0][0]), axis=1)
         b = correlated(data)
     data = (data - data.mean(axis=0)) / data.std(axis=0, ddof=1)  # pandas' std
-    rest, test = _split_tail(data)
-    train, val = _split_tail(rest)
+    train, val, test = _three_splits(data)
     return tuple(a.astype(np.float32) for a in (train, val, test))  # type: ignore[return-value]
 
 
@@ -247,9 +257,7 @@ def preprocess_miniboone(data: np.ndarray) -> Splits:
     """MAF's MINIBOONE split and standardization on ``miniboone/data.npy`` (``[N, 43]``, already
     cleaned of outliers and discrete features by the MAF authors)."""
     data = np.asarray(data, dtype=np.float64)
-    rest, test = _split_tail(data)
-    train, val = _split_tail(rest)
-    return _standardize(train, val, test, np.vstack((train, val)))
+    return _standardize_train_val(data)
 
 
 def load_miniboone(root: str | os.PathLike | None = None) -> Splits:
@@ -290,8 +298,7 @@ def load_sklearn(name: str, seed: int = 0) -> Splits:
         raise ConfigError(f"unknown scikit-learn set {name!r}; choose one of {sorted(loaders)}")
     data = np.asarray(loaders[name]().data, dtype=np.float64)
     data = data[np.random.RandomState(seed).permutation(len(data))]
-    rest, test = _split_tail(data)
-    train, val = _split_tail(rest)
+    train, val, test = _three_splits(data)
     mu, s = train.mean(axis=0), train.std(axis=0)
     s = np.where(s > 0, s, 1.0)
     return tuple(((a - mu) / s).astype(np.float32) for a in (train, val, test))  # type: ignore[return-value]

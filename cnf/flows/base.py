@@ -22,12 +22,28 @@ from torch import Tensor, nn
 
 __all__ = [
     "Flow", "Chain", "Inverse", "Identity", "exact_logdet", "gather", "sum_except_batch",
+    "amortized_params",
 ]
 
 
 def sum_except_batch(x: Tensor) -> Tensor:
     """Sum every dimension but the first: ``[B, ...] -> [B]``."""
     return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+def amortized_params(flow: nn.Module, x: Tensor, context: Tensor | None) -> Tensor:
+    """The per-sample parameters of a fully amortized flow: ``context`` checked to be
+    ``[B, flow.param_dim]`` for ``x`` ``[B, flow.dim]`` (:class:`cnf.errors.ShapeError` if not)."""
+    from cnf.errors import ShapeError
+
+    name, dim, param_dim = type(flow).__name__, flow.dim, flow.param_dim
+    if x.dim() != 2 or x.shape[1] != dim:
+        raise ShapeError(f"{name} was built for inputs [batch, {dim}], got {list(x.shape)}")
+    if context is None or context.shape != (x.shape[0], param_dim):
+        got = None if context is None else list(context.shape)
+        raise ShapeError(f"this {name} is fully amortized: pass its parameters as context of "
+                         f"shape [{x.shape[0]}, {param_dim}], got {got}")
+    return context
 
 
 class Flow(nn.Module):
@@ -138,8 +154,10 @@ def exact_logdet(module: nn.Module, exact: bool = True) -> Iterator[nn.Module]:
 
     Example::
 
-        >>> with exact_logdet(density):
-        ...     nll = -density.log_prob(x_test).mean()
+        >>> from cnf.distributions import Density, StandardNormal
+        >>> density = Density(IResNet(2, num_blocks=2), StandardNormal(2))
+        >>> with exact_logdet(density):     # exact Jacobian log-dets instead of the series
+        ...     nll = -density.log_prob(torch.randn(16, 2)).mean()
     """
     saved = []
     for m in module.modules():

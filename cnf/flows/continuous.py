@@ -24,18 +24,20 @@ by :meth:`CNF.extra_losses`. NFE counts are reported by :meth:`CNF.stats`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from cnf.errors import ConfigError
+from cnf.errors import ConfigError, ShapeError
 from cnf.flows.base import Chain, Flow
 from cnf.ode import NFECounter, ODENet, SolverConfig, odeint_cnf
-from cnf.ode.solve import FIXED_SOLVERS
+from cnf.ode.solve import as_solver_config, legacy_solver_error
 
-__all__ = ["CNF", "FFJORD"]
+__all__ = ["CNF", "FFJORD", "matching_cnf", "use_eval_solver"]
 
 
 class _EndTime(nn.Module):
@@ -69,21 +71,30 @@ class CNF(Flow):
             dimension or probe, as FFJORD), ``jvp`` (forward-mode Jacobian-vector products
             written out per layer of :class:`cnf.ode.ODENet`; same numbers, fewer
             operations) or ``auto`` (``jvp`` when the net supports it).
-        solver, rtol, atol, step_size: the training solve (any torchdiffeq solver;
-            fixed-step solvers such as ``rk4`` need ``step_size``).
-        eval_solver, eval_rtol, eval_atol, eval_step_size: the solve in eval mode; by
-            default the training settings, except that a fixed-step training solver is
-            evaluated with ``dopri5`` at ``rtol``/``atol``.
-        adjoint: backpropagate with the adjoint method (FFJORD always does) or directly
-            through the solver (faster for small models, memory grows with NFE).
-        adjoint_seminorm: adjoint step control ignores the parameter adjoints.
+        solver: the training solve, a :class:`cnf.ode.SolverConfig` (method, rtol, atol,
+            step_size, adjoint, adjoint_seminorm, max_nfe, min_step; a dict is accepted).
+            YAML: ``solver: {method: rk4, step_size: 0.125, adjoint: false}``. Default:
+            dopri5 at rtol = atol = 1e-5 with the adjoint (FFJORD's setting).
+        eval_solver: the solve in eval mode (validation, test, sampling); default: the
+            training solver, or ``dopri5`` at its rtol/atol when that one is fixed-step.
         kinetic_weight, jacobian_weight: RNODE regularizer weights (0: not integrated).
-        max_nfe, min_step: per-solve NFE budget and smallest step before ``SolverError``.
-        net: a custom ``net(t, z)`` replacing the ``ODENet`` built from the above.
+        context_dim: width of a conditioning vector; the field becomes ``f(t, z, c)``
+            (``c`` concatenated to the ODE net's input) and ``forward``/``inverse`` take
+            ``context [B, context_dim]``. The context rides along the solve as constant
+            state, so gradients reach it (e.g. a VAE encoder's features) under the adjoint.
+        net: a custom ``net(t, z)`` (``net(t, z, context)`` with ``context_dim``)
+            replacing the ``ODENet`` built from the above.
+
+    Time convention: data sits at ``t = 0`` and the base (latent) at ``t = T``; the field
+    ``net(t, z)`` is evaluated at real time ``t ∈ [0, T]``. Flow matching
+    (:mod:`cnf.ode.matching`) regresses the same ``net`` on this convention.
 
     Example::
 
-        >>> cnf = CNF(2, hidden=(32, 32), T=0.5, divergence="hutchinson")
+        >>> import torch
+        >>> from cnf.ode import SolverConfig
+        >>> cnf = CNF(2, hidden=(32, 32), T=0.5, divergence="hutchinson",
+        ...           solver=SolverConfig(method="rk4", step_size=0.125, adjoint=False))
         >>> z, logdet = cnf(torch.randn(10, 2))
         >>> cnf.stats()["nfe_forward"] > 0
         True
@@ -101,23 +112,17 @@ class CNF(Flow):
         probe: Literal["gaussian", "rademacher"] = "gaussian",
         n_probes: int = 1,
         divergence_impl: Literal["auto", "autograd", "jvp"] = "auto",
-        solver: str = "dopri5",
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
-        step_size: float | None = None,
-        eval_solver: str | None = None,
-        eval_rtol: float | None = None,
-        eval_atol: float | None = None,
-        eval_step_size: float | None = None,
-        adjoint: bool = True,
-        adjoint_seminorm: bool = False,
+        solver: SolverConfig | None = None,
+        eval_solver: SolverConfig | None = None,
         kinetic_weight: float = 0.0,
         jacobian_weight: float = 0.0,
-        max_nfe: int = 5000,
-        min_step: float = 1e-9,
+        context_dim: int = 0,
         net: nn.Module | None = None,
+        **legacy: Any,
     ):
         super().__init__()
+        if legacy or isinstance(solver, str) or isinstance(eval_solver, str):
+            raise legacy_solver_error(type(self).__name__, legacy, solver, eval_solver)
         if divergence not in ("exact", "hutchinson"):
             raise ConfigError(f"divergence must be 'exact' or 'hutchinson', got {divergence!r}")
         if probe not in ("gaussian", "rademacher"):
@@ -126,8 +131,12 @@ class CNF(Flow):
             raise ConfigError(f"n_probes must be >= 1, got {n_probes}")
         if kinetic_weight < 0 or jacobian_weight < 0:
             raise ConfigError("regularizer weights must be >= 0")
+        if context_dim < 0:
+            raise ConfigError(f"context_dim must be >= 0, got {context_dim}")
         self.dim = dim
-        self.net = net if net is not None else ODENet(dim, hidden, layer_type, act)
+        self.context_dim = int(context_dim)
+        self.net = net if net is not None else ODENet(dim, hidden, layer_type, act,
+                                                      context_dim=self.context_dim)
         self.end_time = _EndTime(T, train_T)
         self.divergence = divergence
         self.exact = divergence == "exact"
@@ -139,20 +148,10 @@ class CNF(Flow):
                               "elu or relu; use 'autograd' or 'auto'")
         self.kinetic_weight = float(kinetic_weight)
         self.jacobian_weight = float(jacobian_weight)
-        self.train_config = SolverConfig(
-            method=solver, rtol=rtol, atol=atol, step_size=step_size, adjoint=adjoint,
-            adjoint_seminorm=adjoint_seminorm, max_nfe=max_nfe, min_step=min_step,
-        )
-        if eval_solver is None:
-            eval_solver = "dopri5" if solver in FIXED_SOLVERS else solver
-        self.eval_config = SolverConfig(
-            method=eval_solver,
-            rtol=rtol if eval_rtol is None else eval_rtol,
-            atol=atol if eval_atol is None else eval_atol,
-            step_size=step_size if eval_step_size is None else eval_step_size,
-            adjoint=adjoint, adjoint_seminorm=adjoint_seminorm, max_nfe=max_nfe,
-            min_step=min_step,
-        )
+        self.train_config = as_solver_config(solver, SolverConfig())
+        train = self.train_config
+        default_eval = (replace(train, method="dopri5", step_size=None) if train.fixed else train)
+        self.eval_config = as_solver_config(eval_solver, default_eval)
         self._counter = NFECounter()
         self._last_training = True
         self._regs: dict[str, Tensor] = {}
@@ -168,12 +167,15 @@ class CNF(Flow):
         return self.end_time()
 
     def _solve(self, x: Tensor, context: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor]:
-        if context is not None:
-            raise ConfigError("CNF takes no context; use an unconditional density")
         if x.dim() != 2 or x.shape[1] != self.dim:
-            from cnf.errors import ShapeError
-
             raise ShapeError(f"CNF(dim={self.dim}) expects [batch, {self.dim}], got {list(x.shape)}")
+        if self.context_dim == 0 and context is not None:
+            raise ConfigError("this CNF takes no context; build it with context_dim=C for a "
+                              "conditional density")
+        if self.context_dim and (context is None or context.shape != (x.shape[0], self.context_dim)):
+            got = None if context is None else list(context.shape)
+            raise ShapeError(f"CNF(context_dim={self.context_dim}) needs a context "
+                             f"[{x.shape[0]}, {self.context_dim}], got {got}")
         config = self.train_config if self.training else self.eval_config
         regularize = self.training and torch.is_grad_enabled() and not reverse
         kinetic = regularize and self.kinetic_weight > 0
@@ -183,7 +185,7 @@ class CNF(Flow):
         z, logdet, regs = odeint_cnf(
             self.net, x, self.end_time, config, reverse=reverse, exact=self.exact,
             probe=self.probe, n_probes=self.n_probes, kinetic=kinetic, frobenius=frobenius,
-            counter=self._counter, divergence_impl=self.divergence_impl,
+            counter=self._counter, divergence_impl=self.divergence_impl, context=context,
         )
         losses: dict[str, Tensor] = {}
         if kinetic:
@@ -200,6 +202,15 @@ class CNF(Flow):
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Latent → data: integrate from T back to 0; returns ``log|det ∂x/∂z|``."""
         return self._solve(z, context, reverse=True)
+
+    def velocity(self, s: Tensor, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """The field in unit time, ``T · f(sT, z, c)`` (``[B, D]``), for times ``s`` (a
+        scalar or one per sample ``[B]``) with data at ``s = 0`` and the base at ``s = 1``:
+        what flow matching (:mod:`cnf.ode.matching`) regresses. ``T`` enters detached:
+        a learnable end time is a maximum-likelihood parameter."""
+        T = self.end_time().detach()
+        args = (context,) if context is not None else ()
+        return T * self.net(s * T, z, *args)
 
     # -- hooks ---------------------------------------------------------------------------
     def extra_losses(self) -> dict[str, Tensor]:
@@ -250,31 +261,23 @@ class FFJORD(Chain):
         probe: Literal["gaussian", "rademacher"] = "gaussian",
         n_probes: int = 1,
         divergence_impl: Literal["auto", "autograd", "jvp"] = "auto",
-        solver: str = "dopri5",
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
-        step_size: float | None = None,
-        eval_solver: str | None = None,
-        eval_rtol: float | None = None,
-        eval_atol: float | None = None,
-        eval_step_size: float | None = None,
-        adjoint: bool = True,
-        adjoint_seminorm: bool = False,
+        solver: SolverConfig | None = None,
+        eval_solver: SolverConfig | None = None,
         kinetic_weight: float = 0.0,
         jacobian_weight: float = 0.0,
-        max_nfe: int = 5000,
-        min_step: float = 1e-9,
+        context_dim: int = 0,
+        **legacy: Any,
     ):
+        if legacy or isinstance(solver, str) or isinstance(eval_solver, str):
+            raise legacy_solver_error(type(self).__name__, legacy, solver, eval_solver)
         if num_blocks < 1:
             raise ConfigError(f"num_blocks must be >= 1, got {num_blocks}")
         block_args = dict(
             hidden=hidden, layer_type=layer_type, act=act, T=T, train_T=train_T,
             divergence=divergence, probe=probe, n_probes=n_probes,
-            divergence_impl=divergence_impl, solver=solver, rtol=rtol,
-            atol=atol, step_size=step_size, eval_solver=eval_solver, eval_rtol=eval_rtol,
-            eval_atol=eval_atol, eval_step_size=eval_step_size, adjoint=adjoint,
-            adjoint_seminorm=adjoint_seminorm, kinetic_weight=kinetic_weight,
-            jacobian_weight=jacobian_weight, max_nfe=max_nfe, min_step=min_step,
+            divergence_impl=divergence_impl, solver=solver, eval_solver=eval_solver,
+            kinetic_weight=kinetic_weight, jacobian_weight=jacobian_weight,
+            context_dim=context_dim,
         )
 
         def make_norm() -> list[Flow]:
@@ -300,3 +303,41 @@ class FFJORD(Chain):
     @property
     def blocks(self) -> list[CNF]:
         return [f for f in self.flows if isinstance(f, CNF)]
+
+
+def matching_cnf(flow: Flow) -> tuple[CNF, tuple[int, ...] | None]:
+    """The single CNF block whose field flow matching trains, and the image shape it sees
+    (``None`` for vector data, whose states are ``[B, D]`` already).
+
+    Accepts a :class:`CNF`, an :class:`FFJORD` of one block without normalization layers,
+    or a :class:`cnf.flows.continuous_image.ImageCNF`; anything else (several blocks, a
+    multiscale model, a discrete flow) has no single path from data to the base and raises
+    :class:`cnf.errors.ConfigError`.
+    """
+    if isinstance(flow, CNF):
+        return flow, None
+    if isinstance(flow, FFJORD) and len(flow.flows) == 1:
+        return flow.blocks[0], None
+    inner = getattr(flow, "cnf", None)
+    shape = getattr(flow, "shape", None)
+    if isinstance(inner, CNF) and shape is not None:
+        return inner, tuple(shape)
+    raise ConfigError(
+        f"flow matching trains one CNF block from the data straight to the base, got "
+        f"{type(flow).__name__}; use cnf.flows.continuous.CNF, FFJORD with num_blocks: 1 and "
+        f"norm: none, or cnf.flows.continuous_image.ImageCNF")
+
+
+@contextmanager
+def use_eval_solver(module: nn.Module, config: SolverConfig) -> Iterator[None]:
+    """Solve every CNF block inside ``module`` with ``config`` in eval mode for the duration
+    (e.g. rk4 at 8 steps for an NFE curve); the blocks' own ``eval_config`` comes back after."""
+    blocks = [m for m in module.modules() if isinstance(m, CNF)]
+    saved = [b.eval_config for b in blocks]
+    try:
+        for b in blocks:
+            b.eval_config = config
+        yield
+    finally:
+        for b, c in zip(blocks, saved):
+            b.eval_config = c

@@ -22,7 +22,7 @@ pixels of the block's state (affordable for small images: ``D = 64`` for 8×8 di
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from torch import Tensor
 
@@ -30,7 +30,9 @@ from cnf.errors import ConfigError, ShapeError
 from cnf.flows.base import Chain, Flow, Inverse
 from cnf.flows.continuous import CNF
 from cnf.flows.multiscale import FactorOut, Squeeze
+from cnf.ode import SolverConfig
 from cnf.ode.conv import ConvODENet
+from cnf.ode.solve import legacy_solver_error
 
 __all__ = ["ImageCNF", "FFJORDMultiscale"]
 
@@ -42,7 +44,8 @@ class ImageCNF(Flow):
         shape: ``(C, H, W)`` of the images this block sees.
         hidden, layer_type, act, kernel: the conv ODE net (FFJORD images: ``(64, 64, 64)``,
             ``concat``, ``softplus``, 3).
-        **cnf_args: everything else of :class:`CNF` (``T``, ``divergence``, ``solver``, ...).
+        **cnf_args: everything else of :class:`CNF` (``T``, ``divergence``, ``solver``, ...;
+            not ``context_dim``: the conv field takes no context).
 
     Example::
 
@@ -62,6 +65,8 @@ class ImageCNF(Flow):
         **cnf_args,
     ):
         super().__init__()
+        if cnf_args.get("context_dim"):
+            raise ConfigError("ImageCNF takes no context (its conv field has no context input)")
         net = ConvODENet(shape, hidden, layer_type, act, kernel)
         self.shape = net.shape
         self.cnf = CNF(net.dim, net=net, **cnf_args)
@@ -97,10 +102,9 @@ class FFJORDMultiscale(Chain):
             squeeze (FFJORD: 2).
         hidden, layer_type, act, kernel: each block's :class:`ConvODENet`.
         T, train_T: integration time per block (FFJORD images: 1.0, learned).
-        divergence, probe, n_probes, divergence_impl, solver, rtol, atol, step_size,
-        eval_solver, eval_rtol, eval_atol, eval_step_size, adjoint, adjoint_seminorm,
-        kinetic_weight, jacobian_weight, max_nfe, min_step: as in :class:`CNF`, for every
-            block.
+        divergence, probe, n_probes, divergence_impl, solver, eval_solver,
+        kinetic_weight, jacobian_weight: as in :class:`CNF`, for every block (``solver`` and
+            ``eval_solver`` are :class:`cnf.ode.SolverConfig` objects).
 
     Example::
 
@@ -125,21 +129,14 @@ class FFJORDMultiscale(Chain):
         probe: Literal["gaussian", "rademacher"] = "rademacher",
         n_probes: int = 1,
         divergence_impl: Literal["auto", "autograd", "jvp"] = "auto",
-        solver: str = "dopri5",
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
-        step_size: float | None = None,
-        eval_solver: str | None = None,
-        eval_rtol: float | None = None,
-        eval_atol: float | None = None,
-        eval_step_size: float | None = None,
-        adjoint: bool = True,
-        adjoint_seminorm: bool = False,
+        solver: SolverConfig | None = None,
+        eval_solver: SolverConfig | None = None,
         kinetic_weight: float = 0.0,
         jacobian_weight: float = 0.0,
-        max_nfe: int = 5000,
-        min_step: float = 1e-9,
+        **legacy: Any,
     ):
+        if legacy or isinstance(solver, str) or isinstance(eval_solver, str):
+            raise legacy_solver_error(type(self).__name__, legacy, solver, eval_solver)
         shape = tuple(int(s) for s in input_shape)
         if len(shape) != 3:
             raise ConfigError(f"input_shape must be (C, H, W), got {list(input_shape)}")
@@ -154,11 +151,8 @@ class FFJORDMultiscale(Chain):
         block_args = dict(
             hidden=hidden, layer_type=layer_type, act=act, kernel=kernel, T=T, train_T=train_T,
             divergence=divergence, probe=probe, n_probes=n_probes,
-            divergence_impl=divergence_impl, solver=solver, rtol=rtol, atol=atol,
-            step_size=step_size, eval_solver=eval_solver, eval_rtol=eval_rtol,
-            eval_atol=eval_atol, eval_step_size=eval_step_size, adjoint=adjoint,
-            adjoint_seminorm=adjoint_seminorm, kinetic_weight=kinetic_weight,
-            jacobian_weight=jacobian_weight, max_nfe=max_nfe, min_step=min_step,
+            divergence_impl=divergence_impl, solver=solver, eval_solver=eval_solver,
+            kinetic_weight=kinetic_weight, jacobian_weight=jacobian_weight,
         )
 
         def blocks(s: tuple[int, int, int]) -> list[Flow]:

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnf.errors import ConfigError, ShapeError
+from cnf.nn import ACTIVATIONS
 
 __all__ = [
     "SpectralNorm", "SpectralLinear", "SpectralConv2d", "LipSwish", "lipschitz_activation",
@@ -370,7 +371,7 @@ class LipSwish(nn.Module):
         return x * torch.sigmoid(beta * x) / 1.1
 
 
-_ACTS = {"elu": nn.ELU, "softplus": nn.Softplus, "lipswish": LipSwish}
+_ACTS = {"elu": ACTIVATIONS["elu"], "softplus": ACTIVATIONS["softplus"], "lipswish": LipSwish}
 
 
 def lipschitz_activation(name: str) -> nn.Module:

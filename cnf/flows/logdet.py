@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from cnf.errors import ConfigError
+from cnf.numerics import probe
 
 __all__ = [
     "LogDetEstimator", "ExactLogDet", "SeriesLogDet", "RouletteLogDet", "make_estimator",
@@ -42,15 +43,6 @@ __all__ = [
 ]
 
 Fn = Callable[[Tensor], Tensor]
-
-
-def probe(like: Tensor, kind: str = "rademacher") -> Tensor:
-    """A Hutchinson probe shaped like ``like`` with ``E[v vᵀ] = I``."""
-    if kind == "rademacher":
-        return torch.randint(0, 2, like.shape, device=like.device).to(like.dtype) * 2 - 1
-    if kind == "gaussian":
-        return torch.randn_like(like)
-    raise ConfigError(f"unknown probe {kind!r}; choose 'rademacher' or 'gaussian'")
 
 
 def jacobian(gx: Tensor, x: Tensor, create_graph: bool = False) -> Tensor:

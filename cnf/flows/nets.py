@@ -5,30 +5,9 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from cnf.errors import ConfigError
+from cnf.nn import activation
 
 __all__ = ["MLP", "ConvNet", "activation"]
-
-_ACTIVATIONS = {
-    "relu": nn.ReLU,
-    "elu": nn.ELU,
-    "tanh": nn.Tanh,
-    "softplus": nn.Softplus,
-    "swish": nn.SiLU,
-    "silu": nn.SiLU,
-    "gelu": nn.GELU,
-    "leaky_relu": nn.LeakyReLU,
-}
-
-
-def activation(name: str) -> nn.Module:
-    """An activation module by name (``relu``, ``elu``, ``tanh``, ``softplus``, ``swish``...)."""
-    try:
-        return _ACTIVATIONS[name]()
-    except KeyError:
-        raise ConfigError(
-            f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}"
-        ) from None
-
 
 class MLP(nn.Sequential):
     """``in_features -> hidden x depth -> out_features`` with an activation between layers.

@@ -23,6 +23,12 @@ theorem (one differentiable Newton step at the converged root). A root not reach
 
 Use it where sampling is the hot path (variational posteriors); put it in a density model
 only with that cost in mind.
+
+Parameters come in three ways: shared (the default), shared plus per-sample offsets from a
+linear layer on the context (``context_dim > 0``), or **fully amortized** (``amortized=True``,
+van den Berg et al., 2018): the layer holds no parameters and the context *is* the raw
+``(u, w, b)`` of each sample, ``[B, 2D + 1]`` (``param_dim``), e.g. from a VAE encoder's
+head; :class:`cnf.flows.amortized.AmortizedChain` splits one such vector among layers.
 """
 
 from __future__ import annotations
@@ -33,17 +39,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnf.errors import ConfigError, InverseError, ShapeError
-from cnf.flows.base import Chain, Flow
+from cnf.errors import ConfigError, ShapeError
+from cnf.flows.base import Chain, Flow, amortized_params
+from cnf.numerics import monotone_root
 
 __all__ = ["Planar", "PlanarFlow"]
 
 
 _M_SHIFT = math.log(math.e - 1)  # softplus(_M_SHIFT) = 1, so m(0) = 0
-
-
-def _default_tol(dtype: torch.dtype) -> float:
-    return 1e-12 if dtype == torch.float64 else 1e-6
 
 
 class Planar(Flow):
@@ -56,6 +59,8 @@ class Planar(Flow):
             ones (as in VAEs with flow posteriors, van den Berg et al., 2018).
         tol: absolute/relative tolerance of the numerical ``forward`` (None: by dtype).
         max_iter: iteration cap of the root finder.
+        amortized: no parameters of its own; ``context`` ``[B, param_dim = 2D + 1]`` holds
+            each sample's raw ``(u, w, b)`` (excludes ``context_dim``).
 
     Example::
 
@@ -65,12 +70,21 @@ class Planar(Flow):
     """
 
     def __init__(self, dim: int, context_dim: int = 0, tol: float | None = None,
-                 max_iter: int = 100, init_scale: float = 0.1):
+                 max_iter: int = 100, init_scale: float = 0.1, amortized: bool = False):
         super().__init__()
         if dim < 1:
             raise ConfigError(f"Planar needs dim >= 1, got {dim}")
+        if amortized and context_dim:
+            raise ConfigError("Planar: amortized=True takes every parameter from the context; "
+                              "leave context_dim at 0")
         self.dim, self.context_dim = dim, context_dim
         self.tol, self.max_iter = tol, max_iter
+        self.amortized, self.param_dim = amortized, 2 * dim + 1
+        #: iterations used by the last numerical ``forward``
+        self.last_iterations = 0
+        self.amortize = None
+        if amortized:
+            return
         self.u = nn.Parameter(init_scale * torch.randn(dim))
         self.w = nn.Parameter(init_scale * torch.randn(dim))
         self.b = nn.Parameter(torch.zeros(1))
@@ -78,14 +92,15 @@ class Planar(Flow):
         if self.amortize is not None:
             nn.init.zeros_(self.amortize.weight)
             nn.init.zeros_(self.amortize.bias)
-        #: iterations used by the last numerical ``forward``
-        self.last_iterations = 0
 
     def _params(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """Per-sample (or shared, leading dim 1) ``û [*, D], w [*, D], b [*, 1]``."""
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ShapeError(f"Planar was built for inputs [batch, {self.dim}], got {list(x.shape)}")
-        u, w, b = self.u[None], self.w[None], self.b[None]
+        if self.amortized:
+            u, w, b = amortized_params(self, x, context).split([self.dim, self.dim, 1], dim=1)
+        else:
+            u, w, b = self.u[None], self.w[None], self.b[None]
         if self.amortize is not None:
             if context is None:
                 raise ShapeError(f"this Planar layer is amortized (context_dim={self.context_dim}): "
@@ -123,37 +138,17 @@ class Planar(Flow):
         logdet = -torch.log1p(c * (1 - h * h)).squeeze(1)
         return z, logdet
 
-    @torch.no_grad()
     def _solve(self, s: Tensor, c: Tensor, b: Tensor) -> Tensor:
-        """Root of ``g(α) = α + c·tanh(α + b) - s`` (strictly increasing for ``c > -1``)."""
-        tol = self.tol if self.tol is not None else _default_tol(s.dtype)
-        lo, hi = s - c.abs(), s + c.abs()
-        alpha = (s - c * torch.tanh(s + b)).clamp(lo, hi)
-        # relative to the terms of g: with a large |c| (e.g. after lr-1e-2 training) the
-        # residual cannot be resolved below eps·|c| in float32
-        scale = 1 + s.abs() + c.abs()
-        for it in range(1, self.max_iter + 1):
-            h = torch.tanh(alpha + b)
-            g = alpha + c * h - s
-            if bool((g.abs() <= tol * scale).all()):
-                self.last_iterations = it - 1
-                return alpha
-            hi = torch.where(g > 0, alpha, hi)
-            lo = torch.where(g > 0, lo, alpha)
-            newton = alpha - g / (1 + c * (1 - h * h))
-            ok = (newton > lo) & (newton < hi)
-            alpha = torch.where(ok, newton, 0.5 * (lo + hi))
-            # a bracket down to round-off also counts as converged
-            if bool(((hi - lo) <= 4 * torch.finfo(s.dtype).eps * scale).all()):
-                self.last_iterations = it
-                return alpha
-        h = torch.tanh(alpha + b)
-        worst = float(((alpha + c * h - s).abs() / scale).max())
-        raise InverseError(
-            f"Planar.forward: the root finder stopped after {self.max_iter} iterations with "
-            f"relative residual {worst:.2e} > tol {tol:.1e}; raise max_iter or tol, or "
-            f"evaluate in float64"
-        )
+        """Root of ``g(α) = α + c·tanh(α + b) - s`` (strictly increasing for ``c > -1``), to
+        ``|g| <= tol · (1 + |s| + |c|)``: relative to the terms of ``g`` — with a large ``|c|``
+        (e.g. after lr-1e-2 training) the residual cannot be resolved below eps·|c|."""
+        alpha, self.last_iterations = monotone_root(
+            lambda a: a + c * torch.tanh(a + b) - s,
+            lambda a: 1 + c * (1 - torch.tanh(a + b) ** 2),
+            s - c.abs(), s + c.abs(), start=s - c * torch.tanh(s + b),
+            scale=1 + s.abs() + c.abs(), tol=self.tol, max_iter=self.max_iter,
+            name="Planar.forward")
+        return alpha
 
 
 class PlanarFlow(Chain):

@@ -119,7 +119,8 @@ class ResidualBlock(Flow):
         >>> block = ResidualBlock(lipschitz_mlp(2, 32, coeff=0.9), estimator="roulette")
         >>> z, logdet = block(torch.randn(16, 2))        # unbiased log-det estimate
         >>> x, _ = block.inverse(z)                       # fixed point, ≤ tol
-        >>> block.stats()["inverse_iters"]
+        >>> block.stats()["inverse_iters"] < 100
+        True
     """
 
     def __init__(self, net: nn.Module, estimator: str | LogDetEstimator = "roulette",

@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cnf.errors import ConfigError, ShapeError
-from cnf.flows.autoregressive import MADE, blockwise, made_orders
+from cnf.flows.autoregressive import MADE, AutoregressiveLayer, made_orders
 from cnf.flows.base import Chain, Flow
 from cnf.flows.coupling import alternating_masks
 from cnf.flows.nets import MLP
+from cnf.numerics import blockwise
 
 __all__ = ["rational_quadratic_spline", "RQSAutoregressive", "RQSCoupling", "NSF"]
 
@@ -135,7 +136,7 @@ def _split(p: Tensor, bins: int) -> tuple[Tensor, Tensor, Tensor]:
     return p[:, :bins], p[:, bins: 2 * bins], p[:, 2 * bins:]
 
 
-class RQSAutoregressive(Flow):
+class RQSAutoregressive(AutoregressiveLayer):
     """Autoregressive rational-quadratic spline layer: feature ``i``'s spline parameters come
     from a MADE of ``x_<i`` (and the context).
 
@@ -161,24 +162,16 @@ class RQSAutoregressive(Flow):
     def _params(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         return _split(self.made(x, context).view(x.shape[0], 3 * self.bins - 1, self.dim), self.bins)
 
-    def _check(self, x: Tensor) -> None:
-        if x.dim() != 2 or x.shape[1] != self.dim:
-            raise ShapeError(f"{type(self).__name__} was built for [batch, {self.dim}] inputs, "
-                             f"got {list(x.shape)}")
-
     @blockwise
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(x)
         z, ld = _rqs(x, *self._params(x, context), self.bound, inverse=False)
         return z, ld.sum(1)
 
-    @blockwise
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(z)
-        x = torch.zeros_like(z)
-        for _ in range(self.dim):
-            x, ld = _rqs(z, *self._params(x, context), self.bound, inverse=True)
-        return x, ld.sum(1)
+    def _inverse_pass(self, z: Tensor, x: Tensor, context: Tensor | None
+                      ) -> tuple[Tensor, Tensor]:
+        y, ld = _rqs(z, *self._params(x, context), self.bound, inverse=True)
+        return y, ld.sum(1)
 
 
 class RQSCoupling(Flow):

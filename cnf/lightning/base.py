@@ -105,3 +105,8 @@ class OptimizationMixin:
                 f"(trainer.gradient_clip_val). The weights were not updated and the last good "
                 f"checkpoint is kept."
             )
+
+
+def default_adam(params: Any) -> torch.optim.Optimizer:
+    """The default optimizer of the training modules: Adam at lr 1e-3."""
+    return torch.optim.Adam(params, lr=1e-3)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
@@ -16,12 +15,9 @@ from torch import Tensor
 from cnf.distributions import Density
 from cnf.flows.base import Flow, exact_logdet
 from cnf.lightning.base import OptimizationMixin
+from cnf.lightning.base import default_adam as _adam
 
 __all__ = ["DensityEstimation"]
-
-
-def _adam(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=1e-3)
 
 
 class DensityEstimation(OptimizationMixin, L.LightningModule):

@@ -1,6 +1,6 @@
 """Density estimation on discrete images: ``DensityEstimation`` plus bits/dim and sample grids.
 
-``ImageDensityEstimation`` trains a :class:`cnf.data.dequantization.DequantizedDensity` on
+``ImageDensityEstimation`` trains a :class:`cnf.dequantization.DequantizedDensity` on
 integer-level images (``cnf.data.images.ImageDataModule``). On top of the metrics of
 ``DensityEstimation`` (``*/nll`` is the dequantization bound on the discrete NLL, in nats per
 image) it logs ``train/bpd``, ``val/bpd`` and ``test/bpd`` (bits per dimension on the data's
@@ -18,11 +18,12 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from cnf.data.dequantization import DequantizedDensity
+from cnf.dequantization import DequantizedDensity
 from cnf.errors import ConfigError
 from cnf.flows.base import gather
+from cnf.lightning.base import default_adam
 from cnf.lightning.callbacks import run_dir
-from cnf.lightning.density import DensityEstimation, OptimizerFactory, SchedulerFactory, _adam
+from cnf.lightning.density import DensityEstimation, OptimizerFactory, SchedulerFactory
 
 __all__ = ["ImageDensityEstimation", "ImageSamples", "save_image_grid"]
 
@@ -73,7 +74,7 @@ class ImageDensityEstimation(DensityEstimation):
     def __init__(
         self,
         density: DequantizedDensity,
-        optimizer: OptimizerFactory = _adam,
+        optimizer: OptimizerFactory = default_adam,
         lr_scheduler: SchedulerFactory | None = None,
         exact_eval: bool = True,
         temperatures: list[float] | None = None,
@@ -81,7 +82,7 @@ class ImageDensityEstimation(DensityEstimation):
     ):
         if not isinstance(density, DequantizedDensity):
             raise ConfigError(
-                "ImageDensityEstimation needs a cnf.data.dequantization.DequantizedDensity "
+                "ImageDensityEstimation needs a cnf.dequantization.DequantizedDensity "
                 f"(got {type(density).__name__}); wrap the flow in it to set the levels, the "
                 "dequantization and the logit preprocessing")
         super().__init__(density, optimizer, lr_scheduler, exact_eval)

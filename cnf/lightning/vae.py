@@ -10,7 +10,6 @@ per example) and the importance-weighted NLL ``test/nll_iw`` with ``iw_samples``
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
@@ -21,13 +20,10 @@ from torch import Tensor
 
 from cnf.errors import ConfigError, NonFiniteError
 from cnf.lightning.base import OptimizationMixin
+from cnf.lightning.base import default_adam as _adam
 from cnf.vae import FlowVAE
 
 __all__ = ["VAE"]
-
-
-def _adam(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=1e-3)
 
 
 class VAE(OptimizationMixin, L.LightningModule):

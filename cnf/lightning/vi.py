@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +32,12 @@ from cnf.distributions import Density
 from cnf.errors import CNFError, ConfigError, NonFiniteError
 from cnf.flows.base import exact_logdet, gather
 from cnf.lightning.base import OptimizationMixin
+from cnf.lightning.base import default_adam as _adam
 from cnf.lightning.callbacks import PeriodicPlot
 from cnf.vi.estimators import effective_sample_size, free_energy, importance_log_z
 from cnf.vi.targets import Target
 
 __all__ = ["ReverseKL", "StepsDataModule", "TargetPlot2D"]
-
-
-def _adam(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=1e-3)
 
 
 class _Steps(Dataset):

@@ -28,8 +28,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from cnf.errors import ConfigError, ShapeError
-from cnf.flows.nets import activation
-from cnf.ode.nets import _JVP_ACTS, _act_jvp
+from cnf.nn import activation, activation_jvp, has_jvp
 
 __all__ = ["ConvODENet", "CONV_LAYER_TYPES"]
 
@@ -59,7 +58,7 @@ class _ConcatConv(nn.Module):
         self.conv = nn.Conv2d(c_in + 1, c_out, kernel, padding=kernel // 2)
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        tt = (torch.ones_like(x[:, :1]) * t)
+        tt = (torch.ones_like(x[:, :1]) * t[..., None, None])
         return self.conv(torch.cat([tt, x], dim=1))
 
     def tangent(self, t: Tensor, v: Tensor) -> Tensor:
@@ -77,10 +76,10 @@ class _ConcatSquashConv(nn.Module):
         self.hyper_bias = nn.Linear(1, c_out, bias=False)
 
     def _gate(self, t: Tensor) -> Tensor:
-        return torch.sigmoid(self.hyper_gate.weight[:, 0] * t + self.hyper_gate.bias)[:, None, None]
+        return torch.sigmoid(self.hyper_gate.weight[:, 0] * t + self.hyper_gate.bias)[..., None, None]
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        return self.conv(x) * self._gate(t) + (self.hyper_bias.weight[:, 0] * t)[:, None, None]
+        return self.conv(x) * self._gate(t) + (self.hyper_bias.weight[:, 0] * t)[..., None, None]
 
     def tangent(self, t: Tensor, v: Tensor) -> Tensor:
         flat, (k, b) = _flat(v)
@@ -147,6 +146,8 @@ class ConvODENet(nn.Module):
 
     def forward(self, t: Tensor, z: Tensor) -> Tensor:
         h = self._image(z)
+        if t.dim() > 0:  # per-sample times (flow matching): [B] or [B, 1] -> [B, 1]
+            t = t.reshape(-1, 1)
         for i, layer in enumerate(self.layers):
             h = layer(t, h)
             if i < len(self.acts):
@@ -157,8 +158,7 @@ class ConvODENet(nn.Module):
     def supports_jvp(self) -> bool:
         """Whether :meth:`forward_jvp` is available (activations with a closed-form
         derivative: tanh, softplus, swish, elu, relu)."""
-        return all(isinstance(a, _JVP_ACTS) for a in self.acts) and not any(
-            isinstance(a, nn.Softplus) and (a.beta != 1 or a.threshold != 20) for a in self.acts)
+        return all(has_jvp(a) for a in self.acts)
 
     def forward_jvp(self, t: Tensor, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """``f(t, z)`` (``[B, D]``) and ``(∂f/∂z) vₖ`` (``[K, B, D]``) for tangents ``v`` of
@@ -170,5 +170,5 @@ class ConvODENet(nn.Module):
         for i, layer in enumerate(self.layers):
             h, v = layer(t, h), layer.tangent(t, v)
             if i < len(self.acts):
-                h, v = _act_jvp(self.acts[i], h, v)
+                h, v = activation_jvp(self.acts[i], h, v)
         return h.reshape(z.shape[0], self.dim), v.reshape(k, z.shape[0], self.dim)

@@ -1,6 +1,7 @@
 """Time-conditioned networks ``f(t, z)`` for vector data, with FFJORD's layer types.
 
-Each layer maps ``(t, x) -> y`` (``t`` a scalar tensor, ``x`` of shape ``[B, in]``); the
+Each layer maps ``(t, x) -> y`` (``t`` a scalar tensor, or one time per sample ``[B, 1]``
+as flow matching draws them; ``x`` of shape ``[B, in]``); the
 definitions follow ``lib/layers/diffeq_layers/basic.py`` of Grathwohl et al. (2019),
 "FFJORD: Free-form continuous dynamics for scalable reversible generative models":
 
@@ -21,31 +22,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from cnf.errors import ConfigError
-from cnf.flows.nets import activation
+from cnf.errors import ConfigError, ShapeError
+from cnf.nn import activation, activation_jvp, has_jvp
 
 __all__ = ["ODENet", "LAYER_TYPES"]
-
-
-def _act_jvp(act: nn.Module, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """``(a(u), a'(u) · v)`` for the activations ODENet supports, or ``None``."""
-    if isinstance(act, nn.Tanh):
-        y = torch.tanh(u)
-        return y, v * (1 - y * y)
-    if isinstance(act, nn.Softplus) and act.beta == 1 and act.threshold == 20:
-        return nn.functional.softplus(u), v * torch.sigmoid(u)
-    if isinstance(act, nn.SiLU):
-        s = torch.sigmoid(u)
-        return u * s, v * (s * (1 + u * (1 - s)))
-    if isinstance(act, nn.ELU) and act.alpha == 1.0:
-        y = nn.functional.elu(u)
-        return y, v * torch.where(u > 0, torch.ones_like(u), y + 1)
-    if isinstance(act, nn.ReLU):
-        return torch.relu(u), v * (u > 0).to(u.dtype)
-    raise NotImplementedError(type(act).__name__)
-
-
-_JVP_ACTS = (nn.Tanh, nn.Softplus, nn.SiLU, nn.ELU, nn.ReLU)
 
 
 class _Ignore(nn.Module):
@@ -137,6 +117,11 @@ class _Hyper(nn.Module):
         return w, params[self.dim_in * self.dim_out:]
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        if t.dim() > 0:  # one time per sample [B, 1]: one generated layer per sample
+            params = self.hypernet(t.reshape(-1, 1))
+            n = self.dim_in * self.dim_out
+            w = params[:, :n].reshape(-1, self.dim_out, self.dim_in)
+            return torch.einsum("boi,bi->bo", w, x) + params[:, n:]
         w, b = self._params(t)
         return nn.functional.linear(x, w, b)
 
@@ -160,7 +145,9 @@ class ODENet(nn.Module):
 
     Every layer sees ``t`` through ``layer_type`` (see the module docstring); the activation
     sits between layers, not after the last. Defaults are FFJORD's toy model (3×64
-    concatsquash, tanh; 9,225 parameters at ``dim=2``).
+    concatsquash, tanh; 9,225 parameters at ``dim=2``). ``context_dim > 0`` makes it a
+    conditional field ``f(t, z, c)``: the context ``c`` is concatenated to the input of the
+    first layer.
 
     Example::
 
@@ -175,6 +162,7 @@ class ODENet(nn.Module):
         hidden: Sequence[int] = (64, 64, 64),
         layer_type: str = "concatsquash",
         act: str = "tanh",
+        context_dim: int = 0,
     ):
         super().__init__()
         if layer_type not in LAYER_TYPES:
@@ -183,16 +171,32 @@ class ODENet(nn.Module):
             )
         if dim < 1 or any(int(h) < 1 for h in hidden):
             raise ConfigError(f"ODENet needs dim >= 1 and positive widths, got {dim}, {list(hidden)}")
-        widths = [dim, *(int(h) for h in hidden), dim]
+        if context_dim < 0:
+            raise ConfigError(f"context_dim must be >= 0, got {context_dim}")
+        widths = [dim + context_dim, *(int(h) for h in hidden), dim]
         self.layers = nn.ModuleList(
             LAYER_TYPES[layer_type](a, b) for a, b in zip(widths[:-1], widths[1:])
         )
         self.acts = nn.ModuleList(activation(act) for _ in range(len(widths) - 2))
         self.dim = dim
+        self.context_dim = context_dim
         self.layer_type = layer_type
 
-    def forward(self, t: Tensor, z: Tensor) -> Tensor:
-        h = z
+    def _input(self, z: Tensor, context: Tensor | None) -> Tensor:
+        if self.context_dim == 0:
+            return z
+        if context is None or context.shape != (z.shape[0], self.context_dim):
+            got = None if context is None else list(context.shape)
+            raise ShapeError(f"ODENet(context_dim={self.context_dim}) needs a context "
+                             f"[{z.shape[0]}, {self.context_dim}], got {got}")
+        return torch.cat([z, context.to(z.dtype)], dim=1)
+
+    def forward(self, t: Tensor, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """``f(t, z)`` (``f(t, z, c)`` with a context ``[B, context_dim]``) of shape ``[B, D]``;
+        ``t`` is a scalar or one time per sample (``[B]``)."""
+        h = self._input(z, context)
+        if t.dim() > 0:  # per-sample times (flow matching): [B] or [B, 1] -> [B, 1]
+            t = t.reshape(-1, 1)
         for i, layer in enumerate(self.layers):
             h = layer(t, h)
             if i < len(self.acts):
@@ -203,17 +207,19 @@ class ODENet(nn.Module):
     def supports_jvp(self) -> bool:
         """Whether :meth:`forward_jvp` is available (every activation has a closed-form
         derivative here)."""
-        return all(isinstance(a, _JVP_ACTS) for a in self.acts) and not any(
-            isinstance(a, nn.Softplus) and (a.beta != 1 or a.threshold != 20) for a in self.acts)
+        return all(has_jvp(a) for a in self.acts)
 
-    def forward_jvp(self, t: Tensor, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    def forward_jvp(self, t: Tensor, z: Tensor, v: Tensor,
+                    context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``f(t, z)`` and the Jacobian-vector products ``(∂f/∂z) vₖ`` for tangents ``v``
         of shape ``[K, B, D]``, in one forward pass (forward-mode differentiation written
         out per layer). With ``v`` the D basis vectors this is the whole Jacobian, so the
-        exact trace costs no backward passes."""
-        h = z
+        exact trace costs no backward passes. The context is constant: its tangent is 0."""
+        h = self._input(z, context)
+        if self.context_dim:
+            v = torch.cat([v, v.new_zeros(*v.shape[:-1], self.context_dim)], dim=-1)
         for i, layer in enumerate(self.layers):
             h, v = layer.jvp(t, h, v)
             if i < len(self.acts):
-                h, v = _act_jvp(self.acts[i], h, v)
+                h, v = activation_jvp(self.acts[i], h, v)
         return h, v

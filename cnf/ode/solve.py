@@ -22,14 +22,13 @@ are not relied on.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torchdiffeq
 from torch import Tensor, nn
-from torchdiffeq._impl.odeint import SOLVERS
 
-from cnf.errors import ConfigError, SolverError
+from cnf.errors import ConfigError, ShapeError, SolverError
 from cnf.ode.divergence import (
     divergence_exact,
     divergence_from_jvp,
@@ -37,12 +36,12 @@ from cnf.ode.divergence import (
     sample_probes,
 )
 
-__all__ = ["SolverConfig", "NFECounter", "odeint_cnf", "ADAPTIVE_SOLVERS", "FIXED_SOLVERS"]
+__all__ = ["SolverConfig", "NFECounter", "odeint_cnf", "ADAPTIVE_SOLVERS", "FIXED_SOLVERS",
+           "as_solver_config", "LEGACY_SOLVER_KEYS", "legacy_solver_error", "legacy_solver_hint"]
 
 ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED_SOLVERS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams",
                  "fixed_adams")
-assert set(ADAPTIVE_SOLVERS + FIXED_SOLVERS) <= set(SOLVERS)
 
 
 @dataclass(frozen=True)
@@ -92,6 +91,87 @@ class SolverConfig:
     def fixed(self) -> bool:
         return self.method in FIXED_SOLVERS
 
+    def yaml(self) -> str:
+        """The settings that differ from the defaults, in the YAML flow form configs use."""
+        default = SolverConfig()
+        items = [f"method: {self.method}"] + [
+            f"{f.name}: {getattr(self, f.name)}" for f in fields(self)
+            if f.name != "method" and getattr(self, f.name) != getattr(default, f.name)]
+        return "{" + ", ".join(items) + "}"
+
+
+def as_solver_config(value: SolverConfig | dict | None, default: SolverConfig) -> SolverConfig:
+    """``value`` as a :class:`SolverConfig`: a config is kept, a dict fills the defaults'
+    remaining fields (``{"method": "rk4", "step_size": 0.1}``), ``None`` gives ``default``."""
+    if value is None:
+        return default
+    if isinstance(value, SolverConfig):
+        return value
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {f.name for f in fields(SolverConfig)})
+        if unknown:
+            raise ConfigError(f"unknown solver setting(s) {unknown}; a solver takes "
+                              f"{[f.name for f in fields(SolverConfig)]}")
+        return SolverConfig(**value)
+    raise ConfigError(
+        f"a solver is an object such as {{method: dopri5, rtol: 1.0e-5, atol: 1.0e-5}} or "
+        f"{{method: rk4, step_size: 0.125, adjoint: false}}, got {value!r}")
+
+
+#: the flat keywords CNF constructors took before ``solver: SolverConfig``, with the field
+#: each one became (``eval_*`` went to ``eval_solver``)
+LEGACY_SOLVER_KEYS: dict[str, str] = {
+    "rtol": "rtol", "atol": "atol", "step_size": "step_size", "adjoint": "adjoint",
+    "adjoint_seminorm": "adjoint_seminorm", "max_nfe": "max_nfe", "min_step": "min_step",
+    "eval_rtol": "rtol", "eval_atol": "atol", "eval_step_size": "step_size",
+}
+
+
+def legacy_solver_error(owner: str, legacy: dict, solver: object = None,
+                        eval_solver: object = None) -> ConfigError:
+    """The error for flat solver keywords given to ``owner``; the message shows the
+    ``solver:`` / ``eval_solver:`` objects that replace them, with the values given."""
+    unknown = sorted(set(legacy) - set(LEGACY_SOLVER_KEYS))
+    if unknown:
+        return ConfigError(f"{owner} got unexpected keyword argument(s) {unknown}")
+    train = {} if not isinstance(solver, (dict, str)) else (
+        {"method": solver} if isinstance(solver, str) else dict(solver))
+    ev = {} if not isinstance(eval_solver, (dict, str)) else (
+        {"method": eval_solver} if isinstance(eval_solver, str) else dict(eval_solver))
+    for key, value in legacy.items():
+        (ev if key.startswith("eval_") else train)[LEGACY_SOLVER_KEYS[key]] = value
+
+    def form(d: dict) -> str:
+        return "{" + ", ".join(f"{k}: {v}" for k, v in d.items()) + "}"
+
+    lines = [f"solver: {form(train or {'method': 'dopri5'})}"]
+    if ev:
+        lines.append(f"eval_solver: {form(ev)}")
+    return ConfigError(
+        f"{owner} no longer takes the flat solver keywords {sorted(legacy)}: the solve is one "
+        f"object. Write\n    " + "\n    ".join(lines) + "\n(fields: "
+        f"{', '.join(f.name for f in fields(SolverConfig))}; eval_solver defaults to the "
+        f"training solver, or dopri5 at its rtol/atol when that one is fixed-step)")
+
+
+def legacy_solver_hint(message: str) -> str | None:
+    """For a configuration error that shows the old flat solver keys (``solver: rk4``,
+    ``rtol``, ``step_size``, ``eval_solver: dopri5``...), the text that shows the new form;
+    ``None`` when the message does not look like one."""
+    import re
+
+    string_solver = re.search(r"'(eval_)?solver': '", message)
+    flat = any(f"'{k}': " in message for k in LEGACY_SOLVER_KEYS if k.startswith("eval_"))
+    flat = flat or (any(f"'{k}': " in message for k in LEGACY_SOLVER_KEYS)
+                    and "'solver': {" not in message)
+    if not (string_solver or flat):
+        return None
+    return ("CNF, FFJORD and FFJORDMultiscale take the solve as one object: replace the flat "
+            "keys (solver: NAME, rtol, atol, step_size, adjoint, adjoint_seminorm, max_nfe, "
+            "min_step, eval_solver: NAME, eval_rtol, eval_atol, eval_step_size) by\n"
+            "    solver: {method: rk4, step_size: 0.125, adjoint: false}\n"
+            "    eval_solver: {method: dopri5, rtol: 1.0e-5, atol: 1.0e-5}")
+
 
 class NFECounter:
     """Function evaluations of one call: ``forward`` during the solve; ``backward`` during
@@ -131,8 +211,10 @@ class _Dynamics(nn.Module):
 
     def __init__(self, net: nn.Module, end_time: nn.Module, *, exact: bool, probes: Tensor | None,
                  kinetic: bool, frobenius: bool, counter: NFECounter, config: SolverConfig,
-                 time_scale: float, direct_grad: bool, use_jvp: bool = False):
+                 time_scale: float, direct_grad: bool, use_jvp: bool = False,
+                 has_context: bool = False):
         super().__init__()
+        self.has_context = has_context
         self.use_jvp = use_jvp
         self._basis: Tensor | None = None
         self.net = net
@@ -203,6 +285,7 @@ class _Dynamics(nn.Module):
             )
         self.last_s = float(s.detach())
         z = state[0]
+        ctx = (state[-1],) if self.has_context else ()
         need_graph = torch.is_grad_enabled()
         want_frob = self.frobenius
         if self.use_jvp:
@@ -213,32 +296,34 @@ class _Dynamics(nn.Module):
                 if self._basis is None or self._basis.dtype != z.dtype:
                     d = z.shape[1]
                     self._basis = torch.eye(d, dtype=z.dtype, device=z.device).unsqueeze(1)
-                f, jv = self.net.forward_jvp(t, z, self._basis)
+                f, jv = self.net.forward_jvp(t, z, self._basis, *ctx)
                 div, frob = divergence_from_jvp(jv, None, want_frob)
             else:
-                f, jv = self.net.forward_jvp(t, z, self.probes)
+                f, jv = self.net.forward_jvp(t, z, self.probes, *ctx)
                 div, frob = divergence_from_jvp(jv, self.probes, want_frob)
-            return self._pack(T, f, div, frob, need_graph)
+            return self._pack(T, f, div, frob, need_graph, ctx)
         with torch.enable_grad():
             if not (need_graph and z.requires_grad):
                 # (a view made under no_grad can claim requires_grad without a graph)
                 z = z.detach().requires_grad_(True)
             T = self.end_time()
             t = s.to(z.dtype) * T
-            f = self.net(t, z)
+            f = self.net(t, z, *ctx)
             if self.exact:
                 div, frob = divergence_exact(f, z, need_graph, want_frob)
             else:
                 div, frob = divergence_hutchinson(f, z, self.probes, need_graph, want_frob)
-        return self._pack(T, f, div, frob, need_graph)
+        return self._pack(T, f, div, frob, need_graph, ctx)
 
     def _pack(self, T: Tensor, f: Tensor, div: Tensor, frob: Tensor | None,
-              need_graph: bool) -> tuple[Tensor, ...]:
+              need_graph: bool, ctx: tuple[Tensor, ...] = ()) -> tuple[Tensor, ...]:
         out = [T * f, (-T * div).unsqueeze(1)]
         if self.kinetic:
             out.append((T * f.pow(2).sum(1)).unsqueeze(1))
         if frob is not None:
             out.append((T * frob).unsqueeze(1))
+        if ctx:
+            out.append(torch.zeros_like(ctx[0]))  # the context is carried, constant
         if not need_graph:
             return tuple(o.detach() for o in out)
         if self.direct_grad:
@@ -260,6 +345,7 @@ def odeint_cnf(
     frobenius: bool = False,
     counter: NFECounter | None = None,
     divergence_impl: str = "auto",
+    context: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """Integrate ``dz/dt = net(t, z)`` from ``t = 0`` to ``t = T`` (``reverse``: from T to
     0) together with the log-density change and the requested regularizers.
@@ -277,6 +363,8 @@ def odeint_cnf(
         divergence_impl: ``autograd`` (one backward pass per dimension or probe, as FFJORD),
             ``jvp`` (forward-mode products written out per layer, ``net.forward_jvp``; the
             same numbers, fewer operations) or ``auto`` (``jvp`` when the net has it).
+        context: ``[B, C]`` conditioning passed to ``net(t, z, context)``; it rides along
+            as a constant part of the ODE state, so gradients reach it under the adjoint too.
 
     Returns:
         ``(z_end [B, D], logabsdet [B], regs)``: ``logabsdet = log|det ∂z_end/∂z|``,
@@ -308,13 +396,17 @@ def odeint_cnf(
     dyn = _Dynamics(net, end_time, exact=exact, probes=probes, kinetic=kinetic,
                     frobenius=frobenius, counter=counter, config=config,
                     time_scale=time_scale, direct_grad=torch.is_grad_enabled() and not use_adjoint,
-                    use_jvp=use_jvp)
+                    use_jvp=use_jvp, has_context=context is not None)
     zeros = z.new_zeros(z.shape[0], 1)
     state = [z, zeros]
     if kinetic:
         state.append(zeros)
     if frobenius:
         state.append(zeros)
+    if context is not None:
+        if context.dim() != 2 or context.shape[0] != z.shape[0]:
+            raise ShapeError(f"context must be [batch={z.shape[0]}, C], got {list(context.shape)}")
+        state.append(context.to(z.dtype))
     state = tuple(state)
 
     if config.fixed:

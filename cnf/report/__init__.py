@@ -2,8 +2,9 @@
 
 Reads only local run files (``summary.json``, ``metrics.csv``, ``config.yaml``, ``plots/``),
 so it works offline; writes ``report.md`` with ``figures/*.png`` and one self-contained
-``report.html``. ``--wandb`` also saves the comparison as a W&B Report when the Reports API
-(wandb-workspaces), a key and a server are available, and says why not otherwise.
+``report.html``. ``--wandb`` also builds the comparison as a W&B Report (written as
+``wandb_report.json``) and saves it when a key and a server are available, saying why not
+otherwise.
 
 Example::
 
@@ -13,12 +14,25 @@ Example::
 from __future__ import annotations
 
 import argparse
+import importlib
 from pathlib import Path
-
-from cnf.report.render import write_report
-from cnf.report.runs import Group, Run, group_runs, load_runs
+from typing import Any
 
 __all__ = ["write_report", "load_runs", "group_runs", "Run", "Group", "main"]
+
+# imported on first use, so `cnf report --help` (and `import cnf.report`) stay light
+_LAZY = {"write_report": "cnf.report.render", "load_runs": "cnf.report.runs",
+         "group_runs": "cnf.report.runs", "Run": "cnf.report.runs", "Group": "cnf.report.runs"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cnf.report' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,30 +43,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="output folder (default: reports/<name of RUNS_DIR>)")
     p.add_argument("--title", help="report title")
     p.add_argument("--wandb", action="store_true",
-                   help="also save the comparison as a W&B Report (needs wandb-workspaces, "
-                        "a key and network)")
+                   help="also build the comparison as a W&B Report (wandb_report.json in "
+                        "--out) and save it when wandb-workspaces, a key and a server are "
+                        "available")
     p.add_argument("--project", default="cnf", help="W&B project of the runs (with --wandb)")
     p.add_argument("--entity", default=None, help="W&B entity (with --wandb)")
     args = p.parse_args(argv)
+    from cnf.report.render import write_report
+    from cnf.report.runs import load_runs
+
     runs_dir = Path(args.runs_dir)
     out = Path(args.out) if args.out else Path("reports") / runs_dir.resolve().name
     title = args.title or f"cnf comparison: {runs_dir.resolve().name}"
     paths = write_report(runs_dir, out, title=title)
     print(f"cnf report: {paths['html']}\n  markdown  {paths['markdown']}\n  figures   {paths['figures']}")
     if args.wandb:
-        from cnf.report.wandb_report import build_spec, can_publish, publish
+        from cnf.report.wandb_report import write_and_publish
 
-        ok, why = can_publish()
-        if not ok:
-            print(f"cnf report: W&B report not created: {why}")
-            return 0
-        spec = build_spec(load_runs(runs_dir), project=args.project, entity=args.entity,
+        write_and_publish(load_runs(runs_dir), out, project=args.project, entity=args.entity,
                           title=title)
-        try:
-            url = publish(spec)
-        except Exception as exc:  # network or server errors: the local report stands
-            print(f"cnf report: W&B report not created ({type(exc).__name__}: {exc}); "
-                  f"the local report is complete")
-            return 0
-        print(f"cnf report: W&B report {url}")
     return 0

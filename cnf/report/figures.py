@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cnf.report.runs import Group, Run
 
-__all__ = ["colours", "learning_curves", "cost_quality", "pick_metric"]
+__all__ = ["colours", "learning_curves", "cost_quality", "pick_metric", "log_ticks"]
 
 # the first of these that some run logged is the curve / table metric
 # (bits/dim for images, NLL for densities, importance-weighted NLL for VAEs, KL / free
@@ -87,6 +87,37 @@ def _ylim(series: list[list[float]]) -> tuple[float, float] | None:
     lo, hi = min(vals), max(vals)
     pad = (hi - lo) * 0.08 or abs(hi) * 0.05 or 0.1
     return lo - pad, hi + pad
+
+
+def _round_sig(x: float, digits: int = 2) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def log_ticks(ax, lo: float, hi: float) -> list[float]:
+    """A log-scaled x-axis over ``[lo, hi]`` (positive; padded a little) that always shows
+    at least two labelled ticks: 1-2-5 steps per decade where two of them fall in the range,
+    else about four evenly spaced (in log) values rounded to two significant figures.
+    Matplotlib's own log locator labels only powers of ten, so a narrow range had none."""
+    import math
+
+    lo = max(lo, hi * 1e-6, 1e-12) if hi > 0 else 1e-3
+    hi = max(hi, lo * 1.0001)
+    lo, hi = lo / 1.25, hi * 1.25
+    ticks = [m * 10 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+             for m in (1, 2, 5) if lo <= m * 10 ** e <= hi]
+    if len(ticks) > 8:  # wide ranges: powers of ten only
+        ticks = [t for t in ticks if f"{t:g}".lstrip("0.").startswith("1")] or ticks
+    if len(ticks) < 2:
+        ratio = (hi / lo) ** (1 / 5)
+        ticks = sorted({_round_sig(lo * ratio ** k) for k in range(1, 5)})
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    return ticks
 
 
 def learning_curves(groups: list[Group], path: Path, title: str) -> Path | None:
@@ -180,11 +211,9 @@ def cost_quality(groups: list[Group], path: Path, title: str) -> Path | None:
                         ms=7, capsize=3)
             ax.annotate(label, (cm * 1000, qm), textcoords="offset points", xytext=(6, 4),
                         fontsize=8)
-        ax.set_xscale("log")
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        lo = min((cm - cs) * 1000 for _, _, (cm, cs, _) in pts[data])
+        hi = max((cm + cs) * 1000 for _, _, (cm, cs, _) in pts[data])
+        log_ticks(ax, lo, hi)
         ax.set_xlabel("training step (ms, median, log)")
         ax.set_ylabel(f"{key} ({better} is better)")
         ax.set_title(data, fontsize=10)

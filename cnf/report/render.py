@@ -7,6 +7,7 @@ import base64
 import datetime as _dt
 import html
 import math
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 from cnf.report.figures import TEST_METRICS, cost_quality, learning_curves, pick_metric
 from cnf.report.runs import Group, Run, config_differences, group_runs, load_runs
 
-__all__ = ["Column", "write_report", "table_columns", "format_stat"]
+__all__ = ["Column", "write_report", "table_columns", "format_stat", "inline_html"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,27 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+_INLINE = re.compile(r"`([^`]+)`|\*\*(.+?)\*\*|\*([^*\s](?:[^*]*[^*\s])?)\*")
+
+
+def inline_html(text: str) -> str:
+    """The inline Markdown the report's prose uses (`` `code` ``, ``**bold**``, ``*emphasis*``)
+    as escaped HTML, so the HTML page shows formatting, not asterisks."""
+    out, last = [], 0
+    for m in _INLINE.finditer(text):
+        out.append(html.escape(text[last:m.start()]))
+        code, bold, em = m.groups()
+        if code is not None:
+            out.append(f"<code>{html.escape(code)}</code>")
+        elif bold is not None:
+            out.append(f"<b>{inline_html(bold)}</b>")
+        else:
+            out.append(f"<em>{html.escape(em)}</em>")
+        last = m.end()
+    out.append(html.escape(text[last:]))
+    return "".join(out)
+
+
 def _html_table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
     def cell(text: str) -> str:
         t = html.escape(str(text))
@@ -210,11 +232,11 @@ def write_report(runs_dir: str | Path, out: str | Path, *, title: str | None = N
              f"({n_fin} finished) of {len(labels)} models on {len(datasets)} dataset(s), read "
              f"from `{runs_dir}` on {now}.")
     md += [intro, ""] + ([f"Machine: {env_line}.", ""] if env_line else [])
-    hb += [f"<p>{html.escape(intro)}</p>"] + ([f'<p class="note">Machine: {html.escape(env_line)}.</p>'] if env_line else [])
+    hb += [f"<p>{inline_html(intro)}</p>"] + ([f'<p class="note">Machine: {inline_html(env_line)}.</p>'] if env_line else [])
 
     # -- tables ----------------------------------------------------------------------
     md += ["## Results", "", _LEGEND, ""]
-    hb += ["<h2>Results</h2>", f'<p class="note">{html.escape(_LEGEND)}</p>']
+    hb += ["<h2>Results</h2>", f'<p class="note">{inline_html(_LEGEND)}</p>']
     for data in datasets:
         dgroups = _sorted([g for g in groups if g.data == data and g.finished])
         if not dgroups:
@@ -242,7 +264,7 @@ def write_report(runs_dir: str | Path, out: str | Path, *, title: str | None = N
     if cost:
         note = "One point per model: test metric against the median training-step time."
         md += ["## Quality against cost", "", note, "", "![quality against cost](figures/quality_vs_cost.png)", ""]
-        hb += ["<h2>Quality against cost</h2>", f'<p class="note">{note}</p>', _img(cost, "quality against cost")]
+        hb += ["<h2>Quality against cost</h2>", f'<p class="note">{inline_html(note)}</p>', _img(cost, "quality against cost")]
 
     # density plots: rows models, columns datasets (first finished seed of each)
     cells: dict[tuple[str, str], Path] = {}
@@ -259,7 +281,7 @@ def write_report(runs_dir: str | Path, out: str | Path, *, title: str | None = N
         note = ("Each cell: data histogram | learned density | model samples, from the first "
                 "finished seed at the end of training.")
         md += ["## Densities and samples", "", note, ""]
-        hb += ["<h2>Densities and samples</h2>", f'<p class="note">{html.escape(note)}</p>']
+        hb += ["<h2>Densities and samples</h2>", f'<p class="note">{inline_html(note)}</p>']
         header = ["model"] + datasets
         md_rows, h_rows = [], []
         for label in labels:
@@ -285,7 +307,7 @@ def write_report(runs_dir: str | Path, out: str | Path, *, title: str | None = N
         header = ["key"] + list(table)
         rows = [[k] + [table[label].get(k, "—") for label in table] for k in keys]
         md += [note, "", _md_table(header, rows), ""]
-        hb += [f'<p class="note">{html.escape(note)}</p>',
+        hb += [f'<p class="note">{inline_html(note)}</p>',
                f'<div style="overflow-x:auto">{_html_table(header, rows, "cfg")}</div>']
     else:
         md += ["All runs share one configuration (apart from seeds and names).", ""]

@@ -12,7 +12,7 @@ With ``log w_i = -U(z_i) - log q(z_i)`` (log importance weights):
 Example::
 
     >>> log_w = torch.zeros(100)
-    >>> float(importance_log_z(log_w)), float(effective_sample_size(log_w))
+    >>> round(float(importance_log_z(log_w)), 6), round(float(effective_sample_size(log_w)), 6)
     (0.0, 1.0)
 """
 

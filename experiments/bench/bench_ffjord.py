@@ -42,14 +42,15 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+_DIRECT = dict(method="dopri5", rtol=1e-5, atol=1e-5, adjoint=False)
+_RK4 = dict(method="rk4", step_size=0.125, adjoint=False)
 VARIANTS = {
     "ffjord": dict(),
     "ffjord_autograd": dict(divergence_impl="autograd"),
-    "direct": dict(adjoint=False),
-    "rk4": dict(adjoint=False, solver="rk4", step_size=0.125),
-    "rnode_rk4": dict(adjoint=False, solver="rk4", step_size=0.125, kinetic_weight=0.01,
-                      jacobian_weight=0.01),
-    "rnode": dict(adjoint=False, kinetic_weight=0.01, jacobian_weight=0.01),
+    "direct": dict(solver=_DIRECT),
+    "rk4": dict(solver=_RK4),
+    "rnode_rk4": dict(solver=_RK4, kinetic_weight=0.01, jacobian_weight=0.01),
+    "rnode": dict(solver=_DIRECT, kinetic_weight=0.01, jacobian_weight=0.01),
 }
 # the official toy script on this machine kind (1 thread): NLL after 1000 iterations
 OFFICIAL_1000 = {"8gaussians": 3.15, "checkerboard": 3.91}
@@ -71,12 +72,14 @@ def run_one(dataset: str, variant: str, iters: int, eval_every: int, n_test: int
     from cnf.data.toy import sample
     from cnf.flows.base import exact_logdet
     from cnf.flows.continuous import CNF
+    from cnf.ode import SolverConfig
 
     rss_import = _rss_mb()
     torch.manual_seed(seed)
+    kw = {"solver": dict(method="dopri5", rtol=1e-5, atol=1e-5), **VARIANTS[variant]}
     model = CNF(2, hidden=(64, 64, 64), layer_type="concatsquash", act="tanh", T=0.5,
-                rtol=1e-5, atol=1e-5, eval_solver="dopri5", eval_rtol=1e-5, eval_atol=1e-5,
-                **VARIANTS[variant])
+                eval_solver=SolverConfig(method="dopri5", rtol=1e-5, atol=1e-5, adjoint=False),
+                **kw)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
     x_test = sample(dataset, n_test, seed=10**6 + seed)
     log2pi = math.log(2 * math.pi)

@@ -53,7 +53,8 @@ def build(name: str) -> tuple[Density, int]:
     if name in ("ffjord", "ffjord_rk4"):
         from cnf.flows.continuous import FFJORD
 
-        kw = dict(solver="rk4", step_size=0.125, adjoint=False) if name == "ffjord_rk4" else {}
+        kw = ({"solver": {"method": "rk4", "step_size": 0.125, "adjoint": False}}
+              if name == "ffjord_rk4" else {})
         return Density(FFJORD(dim=2, hidden=[64, 64, 64], T=0.5, **kw), StandardNormal(2)), 100
     raise SystemExit(f"unknown model {name!r}")
 

@@ -150,7 +150,8 @@ def make_model(name: str):
     if name == "FFJORD":
         from cnf.flows.continuous import FFJORD
 
-        return FFJORD(2, hidden=(64, 64, 64), T=0.5, rtol=1e-5, atol=1e-5, divergence="exact")
+        return FFJORD(2, hidden=(64, 64, 64), T=0.5, divergence="exact",
+                      solver={"method": "dopri5", "rtol": 1e-5, "atol": 1e-5})
     raise ValueError(name)
 
 

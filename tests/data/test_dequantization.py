@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cnf.data.dequantization import (
+from cnf.dequantization import (
     DequantizedDensity,
     Dequantizer,
     VariationalDequantizer,

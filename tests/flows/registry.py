@@ -40,6 +40,8 @@ from cnf.flows.residual import (
     lipschitz_mlp,
 )
 from cnf.flows.spline import NSF, RQSAutoregressive, RQSCoupling
+from cnf.flows.sylvester import Sylvester
+from cnf.ode import SolverConfig
 
 VECTOR_SHAPES = ((2,), (3,), (5,))
 
@@ -114,7 +116,7 @@ def _multiscale(shape):
 
 # CNFs: float64, dopri5 at rtol = atol = 1e-10 and direct backprop, so the solved map is
 # accurate to ~1e-9 and its autograd Jacobian is the Jacobian of the solver's map
-_TIGHT = dict(hidden=(16, 16), rtol=1e-10, atol=1e-10, adjoint=False, eval_solver="dopri5")
+_TIGHT = dict(hidden=(16, 16), solver=SolverConfig(rtol=1e-10, atol=1e-10, adjoint=False))
 
 
 def _cnf(shape):
@@ -214,11 +216,15 @@ class _Conditional(Flow):
     brute-force Jacobian of one row sees what the batch saw) through the conditional path.
     That different contexts give different maps is tested per family."""
 
-    def __init__(self, flow, context_dim=3):
+    def __init__(self, flow, context_dim=3, learn=False):
         super().__init__()
         self.flow = flow
         g = torch.Generator().manual_seed(7)
-        self.register_buffer("ctx", torch.randn(1, context_dim, generator=g))
+        ctx = torch.randn(1, context_dim, generator=g)
+        if learn:  # fully amortized flows: the context is the parameter (an encoder's output)
+            self.ctx = torch.nn.Parameter(ctx)
+        else:
+            self.register_buffer("ctx", ctx)
 
     def forward(self, x, context=None):
         return self.flow(x, self.ctx.expand(x.shape[0], -1))
@@ -269,6 +275,17 @@ CASES: dict[str, Case] = {
     "planar_amortized": Case(lambda s: perturb(_Conditional(Planar(s[0], context_dim=3)), 0.8),
                              inverse_atol=1e-9),
     "radial_amortized": Case(lambda s: perturb(_Conditional(Radial(s[0], context_dim=3)), 0.8)),
+    # fully amortized: the context is every parameter (VAE posteriors)
+    "planar_fully_amortized": Case(
+        lambda s: _Conditional(Planar(s[0], amortized=True), 2 * s[0] + 1, True), inverse_atol=1e-9),
+    "radial_fully_amortized": Case(lambda s: _Conditional(Radial(s[0], amortized=True), s[0] + 2, True)),
+    "sylvester_orthogonal": Case(
+        lambda s: _Conditional(Sylvester(s[0]), Sylvester(s[0]).param_dim, True), inverse_atol=1e-9),
+    "sylvester_householder": Case(
+        lambda s: _Conditional(Sylvester(s[0], variant="householder", num_householder=2),
+                               Sylvester(s[0], variant="householder", num_householder=2).param_dim,
+                               True),
+        inverse_atol=1e-9),
     # NICE
     "volume_preserving_additive_coupling": Case(
         lambda s: perturb(AdditiveCoupling(s[0], alternating_masks(s[0], 1)[0], hidden=16))),
@@ -279,6 +296,8 @@ CASES: dict[str, Case] = {
     "maf": Case(lambda s: perturb(MAF(s[0], num_transforms=3, hidden=(16, 16)))),
     "iaf": Case(lambda s: perturb(IAF(s[0], num_transforms=3, hidden=(16, 16)))),
     "iaf_conditional": Case(lambda s: perturb(_Conditional(IAF(s[0], 2, (16, 16), context_dim=3)))),
+    "iaf_gated_conditional": Case(lambda s: perturb(_Conditional(
+        IAF(s[0], 2, (16, 16), context_dim=3, act="elu", gated=True)))),
     "maf_conditional": Case(lambda s: perturb(_Conditional(MAF(s[0], 2, (16, 16), context_dim=3)))),
     # neural spline flows; bound 2 so the wide inputs exercise the linear tails too
     "nsf_autoregressive_layer": Case(

@@ -79,7 +79,7 @@ def test_errors():
 
 def test_blockwise_evaluation_matches_one_block(monkeypatch):
     """Without gradients the flows run in row blocks (cache-friendly); results must agree."""
-    import cnf.flows.autoregressive as ar
+    import cnf.numerics as ar
     from cnf.flows.spline import NSF
 
     torch.manual_seed(0)

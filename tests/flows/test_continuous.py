@@ -10,8 +10,10 @@ from cnf.distributions import Density, StandardNormal
 from cnf.errors import ConfigError, ShapeError, SolverError
 from cnf.flows.base import exact_logdet, gather
 from cnf.flows.continuous import CNF, FFJORD
+from cnf.ode import SolverConfig
 
-TIGHT = dict(rtol=1e-9, atol=1e-9)
+TIGHT = dict(solver=SolverConfig(rtol=1e-9, atol=1e-9))
+TIGHT_DIRECT = dict(solver=SolverConfig(rtol=1e-9, atol=1e-9, adjoint=False))
 
 
 class Linear(nn.Module):
@@ -40,8 +42,8 @@ def test_linear_dynamics_give_matrix_exponential_and_trace():
 @pytest.mark.parametrize("impl", ["autograd", "jvp"])
 def test_logdet_is_brute_force_logabsdet_of_the_solved_map(impl):
     torch.manual_seed(0)
-    cnf = CNF(3, hidden=(32, 32), act="softplus", T=1.0, adjoint=False, divergence_impl=impl,
-              **TIGHT).double()
+    cnf = CNF(3, hidden=(32, 32), act="softplus", T=1.0, divergence_impl=impl,
+              **TIGHT_DIRECT).double()
     with torch.no_grad():
         for p in cnf.parameters():
             p.mul_(2.0)
@@ -69,10 +71,10 @@ def test_forward_then_inverse_returns_input_float32_defaults():
 @pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
 def test_adjoint_and_direct_gradients_agree(impl, divergence):
     torch.manual_seed(0)
-    kw = dict(hidden=(16, 16), train_T=True, rtol=1e-8, atol=1e-8, divergence_impl=impl,
+    kw = dict(hidden=(16, 16), train_T=True, divergence_impl=impl,
               divergence=divergence, kinetic_weight=0.1, jacobian_weight=0.1)
-    a = CNF(2, adjoint=True, **kw).double()
-    d = CNF(2, adjoint=False, **kw).double()
+    a = CNF(2, solver=SolverConfig(rtol=1e-8, atol=1e-8, adjoint=True), **kw).double()
+    d = CNF(2, solver=SolverConfig(rtol=1e-8, atol=1e-8, adjoint=False), **kw).double()
     d.load_state_dict(a.state_dict())
     x = torch.randn(32, 2, dtype=torch.float64)
     for flow in (a, d):
@@ -85,7 +87,8 @@ def test_adjoint_and_direct_gradients_agree(impl, divergence):
 @pytest.mark.parametrize("adjoint", [True, False])
 def test_learnable_T_gets_the_right_gradient_and_moves(adjoint):
     torch.manual_seed(0)
-    cnf = CNF(2, hidden=(16,), T=0.5, train_T=True, adjoint=adjoint, rtol=1e-9, atol=1e-9).double()
+    cnf = CNF(2, hidden=(16,), T=0.5, train_T=True,
+              solver=SolverConfig(rtol=1e-9, atol=1e-9, adjoint=adjoint)).double()
     x = torch.randn(16, 2, dtype=torch.float64) * 2
     _nll(cnf, x).backward()
     grad = cnf.end_time.sqrt_T.grad
@@ -151,7 +154,7 @@ def test_regularizers_and_stats_through_the_hooks():
 
 
 def test_fixed_step_training_with_adaptive_evaluation():
-    cnf = CNF(2, hidden=(16,), solver="rk4", step_size=0.125, T=0.5)
+    cnf = CNF(2, hidden=(16,), solver=SolverConfig(method="rk4", step_size=0.125), T=0.5)
     assert cnf.eval_config.method == "dopri5"
     z, ld = cnf(torch.randn(8, 2))
     assert cnf.stats()["nfe_forward"] == 16
@@ -163,7 +166,7 @@ def test_fixed_step_training_with_adaptive_evaluation():
 
 def test_exploding_cnf_raises_instead_of_hanging():
     torch.manual_seed(0)
-    cnf = CNF(2, hidden=(32,), act="elu", T=50.0, max_nfe=500)
+    cnf = CNF(2, hidden=(32,), act="elu", T=50.0, solver=SolverConfig(max_nfe=500))
     with torch.no_grad():
         for p in cnf.parameters():
             p.mul_(20)
@@ -178,7 +181,7 @@ def test_density_with_ffjord_and_user_errors():
     with pytest.raises(ConfigError):
         CNF(2, divergence="trace")
     with pytest.raises(ConfigError):
-        CNF(2, solver="rk4")  # no step_size
+        CNF(2, solver={"method": "rk4"})  # no step_size
     with pytest.raises(ConfigError):
         FFJORD(2, norm="layernorm")
     with pytest.raises(ConfigError):
@@ -187,3 +190,66 @@ def test_density_with_ffjord_and_user_errors():
         CNF(2)(torch.randn(4, 3))
     with pytest.raises(ConfigError, match="context"):
         CNF(2)(torch.randn(4, 2), torch.randn(4, 1))
+
+
+def test_old_flat_solver_keywords_raise_with_the_new_form():
+    with pytest.raises(ConfigError, match=r"solver: \{method: rk4, step_size: 0.125, adjoint: False\}"):
+        CNF(2, solver="rk4", step_size=0.125, adjoint=False)
+    with pytest.raises(ConfigError, match=r"eval_solver: \{rtol: 1e-06\}"):
+        FFJORD(2, rtol=1e-5, eval_rtol=1e-6)
+    with pytest.raises(ConfigError, match="unknown solver setting"):
+        CNF(2, solver={"method": "dopri5", "tol": 1e-3})
+    # a dict is the same as the config object; eval of a fixed-step solver is dopri5
+    cnf = CNF(2, solver={"method": "rk4", "step_size": 0.25, "rtol": 1e-4})
+    assert cnf.train_config == SolverConfig(method="rk4", step_size=0.25, rtol=1e-4)
+    assert cnf.eval_config == SolverConfig(method="dopri5", rtol=1e-4)
+
+
+def test_conditional_cnf_contract():
+    """CNF(context_dim=3): round trip, log-det against the Jacobian of z -> z(T) for a fixed
+    context (both directions), gradients into the context (direct and adjoint), and a
+    different context gives a different map."""
+    torch.manual_seed(0)
+    for adjoint in (False, True):
+        flow = CNF(2, context_dim=3, hidden=(8, 8),
+                   solver=SolverConfig(rtol=1e-8, atol=1e-8, adjoint=adjoint)).double()
+        with torch.no_grad():
+            for p in flow.parameters():
+                p.add_(0.5 * torch.randn_like(p))
+        z = torch.randn(2, 2, dtype=torch.float64)
+        ctx = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+        x, ld_inv = flow.inverse(z, ctx)
+        z_rec, ld_fwd = flow(x.detach(), ctx)
+        torch.testing.assert_close(z_rec, z, atol=1e-6, rtol=0)
+        torch.testing.assert_close(ld_inv + ld_fwd, torch.zeros(2, dtype=torch.float64),
+                                   atol=1e-6, rtol=0)
+        assert (x - z).abs().max() > 1e-2 and ld_inv.abs().max() > 1e-3
+        for i in range(2):
+            c_i = ctx[i:i + 1].detach()
+            jac = torch.autograd.functional.jacobian(
+                lambda v, f=flow, c=c_i: f.inverse(v[None], c)[0][0], z[i])
+            torch.testing.assert_close(ld_inv[i].detach(), torch.linalg.slogdet(jac)[1],
+                                       atol=1e-6, rtol=0)
+        (x.sum() + ld_inv.sum()).backward()
+        assert ctx.grad.abs().sum() > 0
+        x2, _ = flow.inverse(z, ctx.detach() + 1)
+        assert (x2 - x).abs().max() > 1e-3
+    with pytest.raises(ShapeError, match="context"):
+        flow(torch.randn(2, 2, dtype=torch.float64))
+
+
+def test_conditional_context_gradient_matches_between_adjoint_and_direct():
+    torch.manual_seed(1)
+    a = CNF(2, context_dim=2, hidden=(8,), solver=SolverConfig(rtol=1e-9, atol=1e-9)).double()
+    d = CNF(2, context_dim=2, hidden=(8,),
+            solver=SolverConfig(rtol=1e-9, atol=1e-9, adjoint=False)).double()
+    d.load_state_dict(a.state_dict())
+    x = torch.randn(4, 2, dtype=torch.float64)
+    grads = []
+    for flow in (a, d):
+        ctx = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        ctx.requires_grad_(True)
+        z, ld = flow(x, ctx)
+        (z.pow(2).sum() - ld.sum()).backward()
+        grads.append(ctx.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)

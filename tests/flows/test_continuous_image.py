@@ -13,10 +13,11 @@ from cnf.flows.base import exact_logdet, gather
 from cnf.flows.continuous import CNF
 from cnf.flows.continuous_image import FFJORDMultiscale, ImageCNF
 from cnf.flows.multiscale import FactorOut, Squeeze
+from cnf.ode import SolverConfig
 
 from .registry import perturb
 
-TIGHT = dict(hidden=(8,), rtol=1e-10, atol=1e-10, adjoint=False)
+TIGHT = dict(hidden=(8,), solver=SolverConfig(rtol=1e-10, atol=1e-10, adjoint=False))
 
 
 def test_architecture_follows_odenvp():
@@ -70,7 +71,8 @@ def test_hutchinson_is_unbiased():
     per-probe standard deviation 0.30)."""
     torch.manual_seed(1)
     block = perturb(ImageCNF((1, 2, 2), hidden=(8,), T=0.5, divergence="hutchinson",
-                             probe="rademacher", rtol=1e-6, atol=1e-6, adjoint=False),
+                             probe="rademacher",
+                             solver=SolverConfig(rtol=1e-6, atol=1e-6, adjoint=False)),
                     scale=0.3).double().eval()
     x = torch.randn(1, 1, 2, 2, dtype=torch.float64)
     with torch.no_grad():
@@ -84,8 +86,8 @@ def test_hutchinson_is_unbiased():
 
 def test_hooks_report_nfe_and_rnode_terms_of_every_block():
     flow = FFJORDMultiscale((1, 4, 4), scales=2, blocks_per_scale=1, hidden=(4,), T=0.2,
-                            solver="rk4", step_size=0.05, kinetic_weight=0.1,
-                            jacobian_weight=0.2, adjoint=False)
+                            solver=SolverConfig(method="rk4", step_size=0.05, adjoint=False),
+                            kinetic_weight=0.1, jacobian_weight=0.2)
     flow.train()
     z, logdet = flow(torch.randn(4, 1, 4, 4))
     losses = gather(flow, "extra_losses")

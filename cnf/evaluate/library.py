@@ -1,18 +1,9 @@
 """What users do with a trained flow: sample, interpolate, score anomalies, inpaint, and
-evaluate the test likelihood exactly.
+evaluate the test likelihood exactly (library functions; ``cnf evaluate`` is their command
+line, :mod:`cnf.evaluate.cli`).
 
 Functions work on any :class:`cnf.distributions.Density` (vectors) and on
-:class:`cnf.data.dequantization.DequantizedDensity` (discrete images); the command line works
-on a finished run directory (``runs/<experiment>/<name>/`` with ``config.yaml`` and
-``checkpoints/``)::
-
-    python -m cnf.evaluate sample      RUN [--n 64] [--temperatures 1 0.8 0.6]
-    python -m cnf.evaluate interpolate RUN [--pairs 4] [--steps 8]
-    python -m cnf.evaluate anomaly     RUN [--corruption noise] [--amount 0.2]
-    python -m cnf.evaluate inpaint     RUN [--n 8] [--mask bottom]
-    python -m cnf.evaluate exact       RUN [--probes 100] [--max-exact-dim 64]
-
-Images go to ``RUN/eval/``; results are printed as JSON and saved to ``RUN/eval/<command>.json``.
+:class:`cnf.dequantization.DequantizedDensity` (discrete images).
 
 - **Sampling with temperature**: ``z ~ N(0, T² I)`` pushed through the inverse flow.
 - **Interpolation** (Glow, Kingma & Dhariwal 2018): ``z_t = (1 − t) z_0 + t z_1`` between the
@@ -26,29 +17,31 @@ Images go to ``RUN/eval/``; results are printed as JSON and saved to ``RUN/eval/
   (FFJORD's Hutchinson trace, residual flows' power series) are switched to their exact mode
   when ``D <= max_exact_dim``, and otherwise averaged over many probe draws (with the standard
   error). The result states which.
+
+    >>> from cnf.distributions import Density, StandardNormal
+    >>> from cnf.flows.coupling import RealNVP
+    >>> d = Density(RealNVP(2), StandardNormal(2))
+    >>> exact_evaluate(d, torch.randn(50, 2)).method
+    'exact (closed-form log-determinant)'
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from cnf.data.dequantization import DequantizedDensity
+from cnf.dequantization import DequantizedDensity
 from cnf.distributions import Density
-from cnf.errors import CNFError, ConfigError, DataError
+from cnf.errors import ConfigError
 from cnf.flows.base import exact_logdet
 
 __all__ = ["sample", "encode", "decode", "interpolate", "log_likelihoods", "p_values",
            "anomaly_scores", "corrupt", "anomaly_demo", "inpaint", "ExactResult",
-           "exact_evaluate", "load_run", "main"]
+           "exact_evaluate"]
 
 
 # -- latent codes -----------------------------------------------------------------------------
@@ -91,15 +84,10 @@ def log_likelihoods(density: Density, data: Tensor, batch_size: int = 1000,
     """Per-example ``log p(x)`` in nats, ``[N]`` (the dequantization bound for images);
     ``exact`` switches stochastic log-dets to their exact mode."""
     density.eval()
-    out = []
-    for chunk in data.split(batch_size):
-        chunk = chunk.to(density.base._ref.device)
-        if exact:
-            with exact_logdet(density):
-                out.append(density.log_prob(chunk).detach().cpu())
-        else:
-            out.append(density.log_prob(chunk).detach().cpu())
-    return torch.cat(out)
+    if exact:
+        with exact_logdet(density):
+            return _log_probs(density, data, batch_size)
+    return _log_probs(density, data, batch_size)
 
 
 def p_values(scores: Tensor, reference: Tensor) -> Tensor:
@@ -185,7 +173,7 @@ def inpaint(density: Density, x: Tensor, mask: Tensor, steps: int = 500, lr: flo
     try:
         g = torch.Generator().manual_seed(seed)
         if isinstance(density, DequantizedDensity):
-            y_obs = (density._check_levels(x) + 0.5) / density.levels
+            y_obs = (density.check_levels(x) + 0.5) / density.levels
             theta = (0.1 * torch.randn(x.shape, generator=g)).to(y_obs).requires_grad_(True)
 
             def current() -> Tensor:
@@ -235,9 +223,18 @@ class ExactResult:
     probe_stderr: float | None = None
 
 
-def _mean_log_prob(density: Density, data: Tensor, batch_size: int) -> Tensor:
-    return torch.cat([density.log_prob(c.to(density.base._ref.device)).detach().cpu()
+def _log_probs(density: Density, data: Tensor, batch_size: int) -> Tensor:
+    """``log p`` of ``data`` in chunks of ``batch_size`` on the density's device, on the CPU."""
+    device = _device(density)
+    return torch.cat([density.log_prob(c.to(device)).detach().cpu()
                       for c in data.split(batch_size)])
+
+
+def _device(module: torch.nn.Module) -> torch.device:
+    first = next(iter(module.parameters()), None)
+    if first is None:
+        first = next(iter(module.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def exact_evaluate(density: Density, data: Tensor, batch_size: int = 1000,
@@ -259,13 +256,13 @@ def exact_evaluate(density: Density, data: Tensor, batch_size: int = 1000,
     stochastic = bool(getattr(density.flow, "logdet_is_estimate", False))
     if not stochastic or dim <= max_exact_dim:
         with exact_logdet(density):
-            lp = _mean_log_prob(density, data, batch_size)
+            lp = _log_probs(density, data, batch_size)
         method = ("exact (closed-form log-determinant)" if not stochastic else
                   f"exact log-determinant (exact traces/Jacobians, D={dim} <= {max_exact_dim})")
         nll = -lp.double()
         stderr = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else 0.0
     else:
-        draws = torch.stack([_mean_log_prob(density, data, batch_size) for _ in range(probes)])
+        draws = torch.stack([_log_probs(density, data, batch_size) for _ in range(probes)])
         nll = -draws.double().mean(0)  # per example, averaged over the probe draws
         stderr = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else 0.0
         if probes > 1:  # the part of the uncertainty due to the probes alone
@@ -278,141 +275,3 @@ def exact_evaluate(density: Density, data: Tensor, batch_size: int = 1000,
     bpd = mean / (dim * math.log(2)) if isinstance(density, DequantizedDensity) else None
     return ExactResult(nll=mean, stderr=stderr, n=len(nll), dim=dim, method=method, bpd=bpd,
                        probe_stderr=probe_stderr)
-
-
-# -- runs -------------------------------------------------------------------------------------
-def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Any, Any]:
-    """Rebuild the LightningModule and the DataModule of a finished run from its
-    ``config.yaml`` and load ``checkpoints/<checkpoint>.ckpt`` (``best``, else ``last``)."""
-    import lightning as L
-    import yaml
-    from jsonargparse import ArgumentParser
-
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise DataError(f"no config.yaml in {run_dir.resolve()}: pass a run directory made by "
-                        f"`cnf fit` (runs/<experiment>/<run name>/)")
-    cfg = yaml.safe_load(cfg_path.read_text())
-    ckpts = [run_dir / "checkpoints" / f"{checkpoint}.ckpt", run_dir / "checkpoints" / "last.ckpt"]
-    ckpt = next((c for c in ckpts if c.is_file()), None)
-    if ckpt is None:
-        raise DataError(f"no checkpoint found at {ckpts[0]} or {ckpts[1]}")
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(L.LightningModule, "model")
-    parser.add_subclass_arguments(L.LightningDataModule, "data")
-    init = parser.instantiate(parser.parse_object({"model": cfg["model"],
-                                                           "data": cfg["data"]}))
-    module, dm = init.model, init.data
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    module.load_state_dict(state)
-    module.eval()
-    return module, dm
-
-
-def _save_grid(images: Tensor, density: Density, path: Path, nrow: int, **kw: Any) -> str:
-    from cnf.lightning.images import save_image_grid
-
-    return str(save_image_grid(images, density.levels, path, nrow=nrow, **kw))
-
-
-def _mask(kind: str, shape: torch.Size) -> Tensor:
-    h, w = shape[-2:]
-    m = torch.zeros(shape, dtype=torch.bool)
-    if kind == "bottom":
-        m[..., h // 2:, :] = True
-    elif kind == "right":
-        m[..., :, w // 2:] = True
-    elif kind == "center":
-        m[..., h // 4: h - h // 4, w // 4: w - w // 4] = True
-    else:
-        raise ConfigError(f"unknown mask {kind!r}; choose bottom, right or center")
-    return m
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """``python -m cnf.evaluate COMMAND RUN_DIR [options]`` (see the module docstring)."""
-    ap = argparse.ArgumentParser(prog="python -m cnf.evaluate", description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("run", help="run directory (runs/<experiment>/<name>)")
-    common.add_argument("--checkpoint", default="best")
-    common.add_argument("--seed", type=int, default=0)
-    p = sub.add_parser("sample", parents=[common])
-    p.add_argument("--n", type=int, default=10)
-    p.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.8, 0.6, 0.4])
-    p = sub.add_parser("interpolate", parents=[common])
-    p.add_argument("--pairs", type=int, default=4)
-    p.add_argument("--steps", type=int, default=8)
-    p = sub.add_parser("anomaly", parents=[common])
-    p.add_argument("--corruption", nargs="+", default=["noise", "patch", "shuffle"])
-    p.add_argument("--amount", type=float, default=0.2)
-    p = sub.add_parser("inpaint", parents=[common])
-    p.add_argument("--n", type=int, default=8)
-    p.add_argument("--mask", default="bottom")
-    p.add_argument("--steps", type=int, default=500)
-    p = sub.add_parser("exact", parents=[common])
-    p.add_argument("--probes", type=int, default=100)
-    p.add_argument("--max-exact-dim", type=int, default=64)
-    args = ap.parse_args(argv)
-
-    torch.manual_seed(args.seed)
-    module, dm = load_run(args.run, args.checkpoint)
-    density = module.density
-    dm.setup("test")
-    test = dm.test_set
-    out_dir = Path(args.run) / "eval"
-    result: dict[str, Any] = {"command": args.command, "run": str(args.run)}
-    image = isinstance(density, DequantizedDensity)
-    if args.command in ("interpolate", "anomaly", "inpaint") and not image:
-        raise ConfigError(f"`{args.command}` from the command line is for image runs; use the "
-                          f"cnf.evaluate functions for vectors")
-    if args.command == "sample":
-        rows = [sample(density, args.n, t) for t in args.temperatures]
-        if image:
-            result["image"] = _save_grid(torch.cat(rows), density, out_dir / "samples.png",
-                                         args.n, row_labels=[f"T={t:g}" for t in args.temperatures])
-        else:
-            result["samples"] = {f"T={t:g}": r.tolist() for t, r in zip(args.temperatures, rows)}
-    elif args.command == "interpolate":
-        g = torch.Generator().manual_seed(args.seed)
-        idx = torch.randperm(len(test), generator=g)[: 2 * args.pairs].view(args.pairs, 2)
-        rows = [interpolate(density, test[i].float(), test[j].float(), args.steps)
-                for i, j in idx.tolist()]
-        result["image"] = _save_grid(torch.cat(rows), density, out_dir / "interpolation.png",
-                                     args.steps)
-    elif args.command == "anomaly":
-        dm.setup("validate")
-        result["results"] = [anomaly_demo(density, test, dm.val_set, kind, args.amount, args.seed)
-                             for kind in args.corruption]
-        g = torch.Generator().manual_seed(args.seed)
-        show = test[torch.randperm(len(test), generator=g)[:10]]
-        grid = torch.cat([show] + [corrupt(show, density.levels, k, args.amount, args.seed)
-                                   for k in args.corruption])
-        result["image"] = _save_grid(grid, density, out_dir / "corruptions.png", 10,
-                                     row_labels=["clean"] + list(args.corruption))
-    elif args.command == "inpaint":
-        x = test[: args.n]
-        mask = _mask(args.mask, x.shape)
-        filled = inpaint(density, x, mask, steps=args.steps, seed=args.seed)
-        masked = torch.where(mask, torch.zeros_like(x), x)
-        result["image"] = _save_grid(torch.cat([x, masked, filled.to(x.dtype)]), density,
-                                     out_dir / f"inpaint_{args.mask}.png", args.n,
-                                     row_labels=["original", "masked", "MAP"])
-        err = (filled.float() - x.float())[mask].abs().mean()
-        result["mean_abs_error_levels"] = float(err)
-    elif args.command == "exact":
-        res = exact_evaluate(density, test, probes=args.probes, max_exact_dim=args.max_exact_dim)
-        result.update(asdict(res))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{args.command}.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    return result
-
-
-if __name__ == "__main__":
-    try:
-        main()
-    except CNFError as exc:
-        print(f"cnf.evaluate: error: {exc}", file=sys.stderr)
-        sys.exit(2)
