@@ -2,8 +2,9 @@
 modules. Subclasses implement ``make_split(split) -> Tensor``.
 
 Batches are cut from the tensors by one indexing operation per batch
-(:class:`BatchedTensorDataset`), not gathered sample by sample and stacked by the default
-collation: at batch 512 that took 13 ms of a 20 ms RealNVP step
+(:class:`BatchedTensorDataset`), with the indices of a batch sliced from one permutation
+(:class:`SliceBatchSampler`), not gathered sample by sample and stacked by the default
+collation, which cost about as much as a small model's step at batch 512
 (experiments/bench/bench_overhead.py). The loaders are ordinary ``DataLoader`` s with the
 usual samplers, so shuffling, ``drop_last`` and the distributed sampler Lightning inserts
 under DDP behave as before, batch for batch.
@@ -15,9 +16,9 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-__all__ = ["TensorDataModule", "BatchedTensorDataset", "batched_loader"]
+__all__ = ["TensorDataModule", "BatchedTensorDataset", "SliceBatchSampler", "batched_loader"]
 
 
 class BatchedTensorDataset(Dataset):
@@ -36,7 +37,7 @@ class BatchedTensorDataset(Dataset):
     def __getitem__(self, index: int) -> list[torch.Tensor]:
         return [t[index] for t in self.tensors]
 
-    def __getitems__(self, indices: Sequence[int]) -> list[torch.Tensor]:
+    def __getitems__(self, indices: Sequence[int] | torch.Tensor) -> list[torch.Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.long)
         return [t[idx] for t in self.tensors]
 
@@ -45,13 +46,46 @@ def _already_batched(batch: list[torch.Tensor]) -> list[torch.Tensor]:
     return batch
 
 
+class SliceBatchSampler(BatchSampler):
+    """``BatchSampler`` that yields each batch as an index tensor cut from one permutation
+    (``RandomSampler`` without replacement) or range (``SequentialSampler``): the same
+    indices, batch for batch and from the same random stream, as ``BatchSampler`` over that
+    sampler, without drawing them one Python int at a time. Over any other sampler (e.g. the
+    ``DistributedSampler`` Lightning puts in its place under DDP, constructing this class
+    with the same arguments) it iterates exactly as ``BatchSampler``."""
+
+    def _order(self) -> torch.Tensor | None:
+        s = self.sampler
+        if type(s) is SequentialSampler:
+            return torch.arange(len(s.data_source))
+        if type(s) is RandomSampler and not s.replacement and s.num_samples == len(s.data_source):
+            generator = s.generator
+            if generator is None:  # as RandomSampler seeds itself from the global RNG
+                seed = int(torch.empty((), dtype=torch.int64).random_().item())
+                generator = torch.Generator()
+                generator.manual_seed(seed)
+            return torch.randperm(len(s.data_source), generator=generator)
+        return None
+
+    def __iter__(self):
+        order = self._order()
+        if order is None:
+            yield from super().__iter__()
+            return
+        n = len(order)
+        stop = n - n % self.batch_size if self.drop_last else n
+        for i in range(0, stop, self.batch_size):
+            yield order[i:i + self.batch_size]
+
+
 def batched_loader(*tensors: torch.Tensor, batch_size: int, shuffle: bool,
                    drop_last: bool = False, num_workers: int = 0) -> DataLoader:
     """A ``DataLoader`` over in-memory ``tensors`` whose batches are lists ``[x, ...]`` (as
     ``TensorDataset`` with the default collation gives), each cut in one indexing step."""
-    return DataLoader(BatchedTensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle,
-                      drop_last=drop_last, num_workers=num_workers,
-                      collate_fn=_already_batched)
+    dataset = BatchedTensorDataset(*tensors)
+    sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+    return DataLoader(dataset, batch_sampler=SliceBatchSampler(sampler, batch_size, drop_last),
+                      num_workers=num_workers, collate_fn=_already_batched)
 
 
 class TensorDataModule(L.LightningDataModule):

@@ -34,6 +34,19 @@ def test_batched_loader_gives_the_batches_of_tensordataset(shuffle):
     assert torch.equal(BatchedTensorDataset(data)[7][0], data[7])
 
 
+def test_slice_batch_sampler_over_another_sampler_iterates_as_batchsampler():
+    # under DDP Lightning rebuilds the batch sampler around a DistributedSampler
+    from torch.utils.data import BatchSampler, DistributedSampler
+
+    from cnf.data.datamodule import SliceBatchSampler
+
+    data = BatchedTensorDataset(torch.randn(50, 2))
+    dist = DistributedSampler(data, num_replicas=2, rank=1, shuffle=True, seed=3)
+    ours = [list(map(int, b)) for b in SliceBatchSampler(dist, 8, True)]
+    ref = list(BatchSampler(dist, 8, True))
+    assert ours == ref and len(ours) == 3
+
+
 def test_batched_dataset_rejects_unequal_lengths():
     with pytest.raises(ValueError, match="one common length"):
         BatchedTensorDataset(torch.zeros(3, 2), torch.zeros(4))
