@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import inspect
 import io
 import json
 import logging
@@ -51,21 +52,33 @@ from cnf.cli import run as cnf_run  # noqa: E402
 from cnf.flows.base import exact_logdet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+# the configs to run (BENCH_CONFIGS: another checkout's configs/, to bench an older version)
+CONFIGS = Path(os.environ.get("BENCH_CONFIGS", ROOT / "configs"))
 FLOW = "--model.init_args.density.init_args.flow.init_args."
 # name -> (experiment config, overrides, default steps)
 WORKLOADS: dict[str, tuple[str, list[str], int]] = {
     "realnvp": ("toy_realnvp", [], 500),
     "maf": ("toy_maf", [], 500),
     "nsf": ("toy_nsf", [], 500),
-    "ffjord_rk4": ("toy_ffjord", [FLOW + "solver=rk4", FLOW + "step_size=0.125",
-                                  FLOW + "adjoint=false"], 500),
+    "ffjord_rk4": ("toy_ffjord", [FLOW + "solver={method: rk4, step_size: 0.125, adjoint: false}"],
+                   500),
     "maf_tab30": ("breast_cancer_maf", [], 500),
 }
 
 
+def _overrides(name: str) -> list[str]:
+    overrides = WORKLOADS[name][1]
+    from cnf.flows.continuous import FFJORD
+
+    if name == "ffjord_rk4" and isinstance(inspect.signature(FFJORD).parameters["solver"].default, str):
+        # FFJORD before the SolverConfig argument (to bench an older checkout)
+        overrides = [FLOW + "solver=rk4", FLOW + "step_size=0.125", FLOW + "adjoint=false"]
+    return overrides
+
+
 def _args(name: str, steps: int, root: str, run_name: str) -> list[str]:
-    cfg, overrides, _ = WORKLOADS[name]
-    return ["--config", str(ROOT / "configs" / "experiment" / f"{cfg}.yaml"), *overrides,
+    cfg = WORKLOADS[name][0]
+    return ["--config", str(CONFIGS / "experiment" / f"{cfg}.yaml"), *_overrides(name),
             f"--trainer.max_steps={steps}", f"--run.root={root}", "--run.wandb=disabled",
             "--run.test_after_fit=false", "--run.progress=lines", f"--run.name={run_name}"]
 
