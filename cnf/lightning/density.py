@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.cli import LRSchedulerCallable as SchedulerFactory
 from lightning.pytorch.cli import OptimizerCallable as OptimizerFactory
 from torch import Tensor
