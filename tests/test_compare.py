@@ -61,8 +61,10 @@ def test_shipped_toy_suite_plans_every_member_on_three_datasets():
     assert "--trainer.max_steps 2000" in cmd and "--run.group toy" in cmd
     assert '--run.tags ["toy", "planar", "8gaussians"]' in cmd
     assert m.run_dir == str(Path("runs/toy/planar-8gaussians-s0"))
-    # every toy experiment config on main is a member
-    assert {p.stem for p in suite.members} == {p.stem for p in (REPO / "configs/experiment").glob("toy_*.yaml")}
+    # every toy experiment config on main is a member, except those that continue another
+    # run (toy_fm_then_mle starts from the newest toy_fm run, so it cannot run on its own)
+    standalone = {p.stem for p in (REPO / "configs/experiment").glob("toy_*.yaml")} - {"toy_fm_then_mle"}
+    assert {p.stem for p in suite.members} == standalone
     assert m.run_name == "planar-8gaussians-s0"
 
 
@@ -76,7 +78,8 @@ def test_every_shipped_suite_loads_and_plans(name, tmp_path, monkeypatch):
     assert all("--data" not in m.command for m in members)  # members keep their own data
     if name == "tabular":
         assert {m.data for m in members} == {"wine", "breast_cancer"}
-        assert len(suite.left_out) == 20 and "needs" in suite.left_out[0]
+        # the UCI sets are not downloaded here: their members are left out, each with a note
+        assert len(suite.left_out) >= 20 and all("(needs " in n for n in suite.left_out)
     if name == "vi":
         assert "planar-u1-s0" in {m.run_name for m in members}
     # every config of the suite's kind on main is a member (or left out for missing data)

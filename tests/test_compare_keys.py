@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cnf.compare import load_suite, main, plan, run_suite
-from cnf.compare.keys import CONFLICT, SKIP, TODO, classify, config_hash, run_key
+from cnf.compare.keys import CONFLICT, RESUME, SKIP, TODO, classify, config_hash, run_key
 from cnf.compare.suite import Member, Suite
 from cnf.errors import ConfigError
 from cnf.rundir import RunDir
@@ -127,3 +127,49 @@ def test_dry_run_shows_the_conflict(tmp_path, monkeypatch, capsys):
            "max_steps=60)" in out
     with pytest.raises(ConfigError, match="max_steps=30"):
         main([str(suite_file), "--max-steps", "60", "--only", "toy_realnvp", "--no-report"])
+
+
+class _Recorder:
+    """A launcher that records what it was asked to run (and runs nothing)."""
+
+    description, n_workers = "recording", 1
+
+    def __init__(self):
+        self.commands: list[list[str]] = []
+
+    def launch(self, todo, state, out):
+        self.commands += [m.command for _, m in todo]
+
+
+def _interrupted_member(suite: Suite) -> Member:
+    """A 'run' stopped by a signal: status interrupted, a last.ckpt, exit status 130."""
+    m = _member(suite, 0)
+    code = ("import sys; from cnf.rundir import RunDir; r = RunDir(sys.argv[1]);"
+            "r.checkpoints.mkdir(parents=True); r.checkpoint('last').write_bytes(b'x');"
+            "r.write_summary({'status': 'interrupted'}); sys.exit(130)")
+    m.command = [sys.executable, "-c", code, m.run_dir, "fit"]
+    m.key = run_key(suite, m.command).as_dict()
+    return m
+
+
+def test_interrupted_run_with_the_same_key_is_resumed_in_place(tmp_path, capsys):
+    suite = _suite(tmp_path)
+    (m,) = run_suite(suite, [_interrupted_member(suite)], echo=False)
+    assert m.status == "failed" and RunDir(m.run_dir).status == "interrupted"
+
+    again = _interrupted_member(suite)
+    assert classify(again, {"key": again.key})[0] == RESUME
+    launcher = _Recorder()
+    run_suite(suite, [again], launcher=launcher)
+    assert launcher.commands == [[sys.executable, "-m", "cnf", "fit", "--resume", m.run_dir]]
+    assert RunDir(m.run_dir).checkpoint("last").exists()  # not moved aside
+    assert "1 interrupted (resumed)" in capsys.readouterr().out
+
+    # another budget: not this run any more, so it starts again (the old one kept aside)
+    suite.max_steps = 300
+    other = _interrupted_member(suite)
+    assert classify(other, {"key": m.key})[0] == TODO
+    launcher = _Recorder()
+    run_suite(suite, [other], launcher=launcher)
+    assert launcher.commands == [other.command] and not Path(m.run_dir).exists()
+    assert list((suite.runs_dir / ".attempts").glob("m0-*-attempt"))

@@ -14,7 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from cnf.compare.keys import CONFLICT, classify, parse_duration
+from cnf.compare.keys import CONFLICT, RESUME, classify, parse_duration, resume_command
 from cnf.compare.suite import Suite, data_name, load_suite, plan
 from cnf.errors import ConfigError
 
@@ -114,10 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     _apply(args, suite)
     members = plan(suite, wandb=args.wandb, extra_args=extra)
     if args.dry_run:
+        from cnf.compare.runner import SuiteState
+
+        recorded = SuiteState(suite, members).recorded
         for m in members:
-            verdict, why = classify(m)
+            verdict, why = classify(m, recorded(m.run_name))
             state = f"CONFLICT: {why}" if verdict == CONFLICT else verdict
-            print(f"# {m.run_name} ({state})\n" + shlex.join(m.command))
+            command = resume_command(m) if verdict == RESUME else m.command
+            print(f"# {m.run_name} ({state})\n" + shlex.join(command))
         return 0
     from cnf.compare.runner import LocalLauncher, run_suite
 

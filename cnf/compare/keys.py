@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from cnf.errors import ConfigError
-from cnf.rundir import RunDir
+from cnf.rundir import INTERRUPTED, RunDir
 
 if TYPE_CHECKING:
     from cnf.compare.suite import Member, Suite
 
 __all__ = ["RunKey", "parse_duration", "duration_seconds", "config_hash", "run_key",
-           "classify", "TODO", "SKIP", "CONFLICT"]
+           "classify", "resume_command", "TODO", "SKIP", "CONFLICT", "RESUME"]
 
 
 def parse_duration(value: Any) -> str:
@@ -172,16 +172,23 @@ def _recorded_key(run: RunDir) -> RunKey:
 
 
 # what classify() says about a planned run
-TODO, SKIP, CONFLICT = "to run", "finished, skip", "conflict"
+TODO, SKIP, CONFLICT, RESUME = "to run", "finished, skip", "conflict", "resume"
 
 
-def classify(member: Member) -> tuple[str, str]:
+def classify(member: Member, recorded: dict[str, Any] | None = None) -> tuple[str, str]:
     """Whether ``member`` has to run: ``(TODO, why)``, ``(SKIP, why)`` when its run directory
     holds a finished run with the same key, or ``(CONFLICT, what differs)`` when it holds a
     finished run with another budget or configuration; such a run is never skipped silently.
-    A run recorded without a config hash (before keys existed) is compared by budget only."""
+    A run recorded without a config hash (before keys existed) is compared by budget only.
+
+    ``(RESUME, why)``: the run was interrupted (Ctrl-C, SIGTERM) with a ``last.ckpt``, and
+    ``recorded`` (what ``suite.json`` holds about it) says it was started with this key, so
+    ``cnf fit --resume`` continues it instead of starting again."""
     run = RunDir(member.run_dir)
     if not run.is_finished:
+        if (run.status == INTERRUPTED and run.checkpoint("last").exists()
+                and recorded and recorded.get("key") == member.key):
+            return RESUME, "interrupted with this budget and configuration: resume from last.ckpt"
         return TODO, ("an unfinished earlier attempt is moved aside" if run.exists else "new")
     want = RunKey.from_dict(member.key or {})
     have = _recorded_key(run)
@@ -199,3 +206,9 @@ def classify(member: Member) -> tuple[str, str]:
                           f"{have.config_hash}, now {want.config_hash}): a config file or an "
                           f"argument changed")
     return SKIP, "finished with this budget and configuration"
+
+
+def resume_command(member: Member) -> list[str]:
+    """``cnf fit --resume RUN_DIR`` with the Python of ``member``'s own command: the run's
+    saved config, name and ``last.ckpt`` (see :mod:`cnf.cli`)."""
+    return [member.command[0], "-m", "cnf", "fit", "--resume", member.run_dir]

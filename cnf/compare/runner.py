@@ -29,7 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-from cnf.compare.keys import CONFLICT, SKIP, classify
+from cnf.compare.keys import CONFLICT, RESUME, SKIP, classify, resume_command
 from cnf.compare.suite import Member, Suite
 from cnf.errors import ConfigError
 from cnf.rundir import RunDir, write_json_atomic
@@ -341,11 +341,18 @@ def run_suite(suite: Suite, members: list[Member], *, gpus: list[str] | None = N
     if in_flight is None:
         _refuse_submitted(state, members)
     todo: list[tuple[int, Member]] = []
+    resumed = 0
     for i, m in enumerate(members, 1):
+        verdict = classify(m, state.recorded(m.run_name))[0]
         if m.run_name in conflicts:
             _move_aside(suite, m, "superseded")
-        elif classify(m)[0] == SKIP:
+        elif verdict == SKIP:
             m.status = "skipped"
+            continue
+        elif verdict == RESUME:
+            m.command, m.status = resume_command(m), "pending"  # continue it in place
+            todo.append((i, m))
+            resumed += 1
             continue
         elif in_flight is not None and (job_id := in_flight(state.recorded(m.run_name))):
             m.status, m.job_id = "submitted", job_id  # an earlier submission still runs it
@@ -362,6 +369,7 @@ def run_suite(suite: Suite, members: list[Member], *, gpus: list[str] | None = N
           f"({len(suite.members)} models x {len(suite.data)} datasets x {len(suite.seeds)} seeds)"
           + (f", budget {budget}" if budget else "")
           + (f"; {skipped} already finished (skipped)" if skipped else "")
+          + (f"; {resumed} interrupted (resumed)" if resumed else "")
           + (f"; {len(conflicts)} finished with another budget or config (replaced)"
              if conflicts else "")
           + f"; {launcher.description}", file=out, flush=True)

@@ -4,7 +4,9 @@ The public surface is small, like torchdiffeq's: :class:`ODENet` (time-condition
 with FFJORD's layer types), :class:`ConvODENet` (their conv counterpart for images),
 :class:`SolverConfig` (solver, tolerances, adjoint, NFE budget, minimum step) and :func:`odeint_cnf` (integrates ``[z, Δlog p, regularizers]``, counts NFE
 and raises :class:`cnf.errors.SolverError` instead of hanging). The divergence estimators
-live in :mod:`cnf.ode.divergence`.
+live in :mod:`cnf.ode.divergence`, the flow-matching paths in :mod:`cnf.ode.matching`;
+activations and their forward-mode derivatives come from the leaf :mod:`cnf.nn`
+(``cnf.ode`` imports nothing from ``cnf.flows``).
 """
 
 from cnf.ode.conv import CONV_LAYER_TYPES, ConvODENet

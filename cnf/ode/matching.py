@@ -22,7 +22,8 @@ so the trained ODE ``dz/dt = f(t, z)`` carries the data distribution at ``t = 0`
 - I-CFM (Tong et al., 2024): ``linear``, independent coupling, ``σ > 0`` (``ε ~ N(0, I)``).
 - OT-CFM (Tong et al., 2024; Pooladian et al., 2023): ``linear`` with the minibatch
   optimal-transport coupling: the batch's noise is re-paired with its data by the exact
-  assignment minimizing ``Σ ‖x_i - z_π(i)‖²`` (``scipy.optimize.linear_sum_assignment``).
+  assignment minimizing ``Σ ‖x_i - z_π(i)‖²`` (POT's ``ot.emd`` when installed, else
+  ``scipy.optimize.linear_sum_assignment``; see :func:`ot_permutation`).
 - Rectified flow / linear interpolant (Liu et al., 2023): ``linear``, ``σ = 0``.
 - Variance-preserving trigonometric interpolant (Albergo & Vanden-Eijnden, 2023): ``vp``.
 
@@ -63,17 +64,41 @@ TIME_SAMPLINGS = ("uniform", "logit_normal")
 Velocity = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
 
-def ot_permutation(x: Tensor, z: Tensor) -> Tensor:
+def _pot_available() -> bool:
+    try:
+        import ot  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def ot_permutation(x: Tensor, z: Tensor, solver: str = "auto") -> Tensor:
     """The permutation ``π`` minimizing ``Σ_i ‖x_i - z_π(i)‖²`` (exact assignment on the
     batch's squared-Euclidean cost), as a ``[B]`` index tensor: ``z[π]`` is paired with
-    ``x``."""
+    ``x``.
+
+    ``solver``: ``scipy`` (``linear_sum_assignment``), ``pot`` (POT's network simplex
+    ``ot.emd``, whose optimal vertex for uniform weights is a permutation) or ``auto`` (POT
+    when installed). Both are exact; on 8gaussians batches of 256 POT took 11.9 ms and scipy
+    14.7 ms per batch (one thread), on Gaussian batches scipy 5.4 ms and POT 7.9 ms.
+    """
     if x.shape != z.shape:
         raise ShapeError(f"OT coupling needs equal batches, got {list(x.shape)} and {list(z.shape)}")
-    from scipy.optimize import linear_sum_assignment
-
+    if solver not in ("auto", "scipy", "pot"):
+        raise ConfigError(f"ot solver must be auto, scipy or pot, got {solver!r}")
     a = x.detach().reshape(x.shape[0], -1).double()
     b = z.detach().reshape(z.shape[0], -1).double()
     cost = torch.cdist(a, b).pow(2).cpu().numpy()
+    n = cost.shape[0]
+    if solver == "pot" or (solver == "auto" and _pot_available()):
+        import ot
+
+        plan = ot.emd(np.full(n, 1.0 / n), np.full(n, 1.0 / n), cost)
+        perm = plan.argmax(1)
+        if len(np.unique(perm)) == n:  # a vertex of the Birkhoff polytope, as expected
+            return torch.as_tensor(perm, device=x.device)
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(cost)
     perm = np.empty_like(cols)
     perm[rows] = cols

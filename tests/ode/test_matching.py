@@ -1,5 +1,6 @@
 """Flow-matching paths and couplings (cnf/ode/matching.py)."""
 
+import importlib.util
 import itertools
 import math
 
@@ -59,7 +60,9 @@ def test_ot_coupling_is_the_optimal_assignment():
     gen = torch.Generator().manual_seed(1)
     x, z = torch.randn(6, 2, generator=gen), torch.randn(6, 2, generator=gen)
     best = min(_cost(x, z[list(p)]) for p in itertools.permutations(range(6)))
-    assert _cost(x, z[ot_permutation(x, z)]) == pytest.approx(best, rel=1e-12)
+    solvers = ["scipy"] + (["pot"] if importlib.util.find_spec("ot") else [])
+    for solver in solvers:
+        assert _cost(x, z[ot_permutation(x, z, solver)]) == pytest.approx(best, rel=1e-12)
 
 
 def test_logit_normal_times_are_in_the_unit_interval_with_the_right_median():

@@ -1,6 +1,5 @@
 """The solver wrapper: NFE counting, failure modes, regularizer integrals."""
 
-import time
 
 import pytest
 import torch
@@ -94,14 +93,12 @@ def test_exploding_field_raises_solver_error_quickly():
     z0 = torch.full((4, 1), 2.0, dtype=torch.float64)  # blows up at t = 0.5
     for cfg in (SolverConfig(rtol=1e-6, atol=1e-6), SolverConfig(method="rk4", step_size=0.01)):
         counter = NFECounter()
-        start = time.perf_counter()
         with pytest.raises(SolverError) as info:
             odeint_cnf(Exploding(), z0, Const(2.0), cfg, counter=counter)
-        elapsed = time.perf_counter() - start
         msg = str(info.value)
         assert "step" in msg and "t = " in msg and "function evaluations" in msg, msg
+        # "quickly" in function evaluations, not seconds (no timed assertions)
         assert counter.forward < cfg.max_nfe
-        assert elapsed < 30, f"took {elapsed:.1f}s to fail"  # generous; measured ~0.05 s
 
 
 def test_min_step_names_the_time_reached():
