@@ -7,13 +7,25 @@ from finished runs, :mod:`cnf.report`).
     cnf compare experiments/toy.yaml --max-steps 500
     cnf report runs/toy --out reports/toy
 
-Every run writes to ``runs/<experiment>/<run name>/``: ``config.yaml`` (resolved),
-``checkpoints/{best,last}.ckpt``, ``metrics.csv``, ``summary.json``, ``plots/`` and, unless
-W&B is disabled, ``wandb/``. The ``run`` group of options names and places the run::
+Every run writes to ``runs/<experiment>/<run name>/`` (layout: :mod:`cnf.rundir`):
+``config.yaml`` (resolved), ``checkpoints/{best,last}.ckpt``, ``metrics.csv``,
+``summary.json`` (written at start with status ``running``), ``plots/`` and, unless W&B is
+disabled, ``wandb/``. A run directory is written once: ``fit`` into a non-empty one is
+refused unless it is a resume, and a lock file stops two writers::
+
+    cnf fit --resume runs/toy_realnvp/<run> [--trainer.max_steps 4000 ...]
+    cnf test --ckpt_path runs/toy_realnvp/<run>/checkpoints/best.ckpt   # -> <run>/evals/<name>/
+    cnf predict --ckpt_path runs/toy_realnvp/<run>/checkpoints/best.ckpt  # -> <run>/predictions/
+
+Ctrl-C (SIGINT) or SIGTERM during fit saves ``last.ckpt`` at the current step, marks the run
+``interrupted`` and prints the resume command. ``test`` / ``validate`` / ``predict`` need a
+checkpoint (``--untrained`` to evaluate an untrained model on purpose) and load it
+weights-only (``--weights_only false`` trusts a checkpoint that needs unpickling).
+
+The ``run`` group of options names and places the run::
 
     --run.experiment NAME   (default: the stem of the last --config file)
-    --run.name NAME         (default: $CNF_RUN_NAME, else a timestamp; validate/test/predict
-                             with --ckpt_path inside a run directory write into that run)
+    --run.name NAME         (default: $CNF_RUN_NAME, else a timestamp)
     --run.wandb offline|online|disabled   (WANDB_MODE=disabled in the environment wins)
     --run.progress auto|bar|lines|none    (auto: a bar on a terminal, else compact lines)
 
@@ -31,6 +43,9 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import secrets
+import shutil
+import signal
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -41,12 +56,20 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers import WandbLogger
 
 from cnf import configs
 from cnf.errors import CNFError, ConfigError
-from cnf.lightning.callbacks import DensityPlot2D, RunSummary
+from cnf.lightning.callbacks import (
+    DensityPlot2D,
+    GracefulStop,
+    RunCSVLogger,
+    RunSummary,
+    checkpoint_note,
+)
+from cnf.lightning.predictions import PredictionWriter
 from cnf.lightning.progress import ElapsedTime, LineProgressBar
+from cnf.rundir import INTERRUPTED, RunDir, run_dir_of_checkpoint
 
 __all__ = ["CNFCLI", "RunOptions", "run", "main", "default_run_name", "SUBCOMMANDS"]
 
@@ -62,6 +85,10 @@ warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
 warnings.filterwarnings("ignore", message=".*`isinstance.treespec, LeafSpec.`.*")
+# cnf passes its preprocessed argv (``--resume``, ``--untrained``) to LightningCLI
+warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+# a resumed run's checkpoints/ is expected to hold checkpoints; a new run's is always empty
+warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
 
 
 @dataclass
@@ -87,6 +114,16 @@ class RunOptions:
         progress_refresh: progress-bar refresh interval in steps (keeps CI logs short).
         progress_every: steps between progress lines (0: about 20 lines per run, and at
             least one every 30 s).
+        checkpoint_every_minutes: also save ``last.ckpt`` every that many minutes of training
+            (0: only at validations), so a killed run loses at most that much.
+        eval_name: folder name of a ``test`` / ``validate`` evaluation under
+            ``<run>/evals/`` (default: ``<stage>-<data>-<checkpoint>``; never overwritten:
+            ``-2``, ``-3``... are added), or stem of a ``predict`` output file.
+        untrained: let ``test`` / ``validate`` / ``predict`` run without a checkpoint (the
+            evaluation is labelled untrained). Also spelled ``--untrained``.
+        predictions_format: ``csv`` or ``parquet`` (needs pyarrow) for ``cnf predict``.
+        resume: set by ``cnf fit --resume RUN_DIR``; not for direct use.
+        origin: the run a saved ``config.yaml`` came from (provenance; written by cnf).
         compile: ``torch.compile`` the flow's forward (``flow.compile()``) before fit. On
             one CPU thread it paid for spline flows (NSF 1.7x per step after ~80 s of
             compiling), not for RealNVP, and not for CNFs (refused);
@@ -108,6 +145,12 @@ class RunOptions:
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
     progress_refresh: int = 50
     progress_every: int = 0
+    checkpoint_every_minutes: float = 10.0
+    eval_name: str | None = None
+    untrained: bool = False
+    predictions_format: Literal["csv", "parquet"] = "csv"
+    resume: bool = False
+    origin: str | None = None
     compile: bool = False
 
 
@@ -148,15 +191,58 @@ def default_run_name(env: dict[str, str] | None = None) -> str:
 
 
 class _SaveConfig(SaveConfigCallback):
-    """Save the resolved config to the run directory and log all of it to W&B."""
+    """Save the resolved config through :mod:`cnf.rundir` (never over an existing one) and
+    log all of it to W&B. The saved config has no run name and no checkpoint, so running it
+    again makes a new run; ``run.origin`` records the run it came from."""
+
+    def __init__(self, parser, config, *, target: Path | None = None,
+                 edits: dict[str, Any] | None = None, **kwargs: Any):
+        super().__init__(parser, config, **kwargs)
+        self.target = target
+        self.edits = edits or {}
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        if self.already_saved or not trainer.is_global_zero:
+            return
+        if self.target is not None:
+            cfg = self.config.clone()
+            for key, value in self.edits.items():
+                cfg[key] = value
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.target.write_text(self.parser.dump(cfg, skip_none=False))
+        self.save_config(trainer, pl_module, stage)
+        self.already_saved = True
 
     def save_config(self, trainer, pl_module, stage) -> None:
-        if not trainer.is_global_zero:
-            return
         resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update(resolved, allow_val_change=True)
+
+
+def _is_secondary_process(env: dict[str, str] | None = None) -> bool:
+    """A DDP process other than the one that owns the run directory (its lock)."""
+    env = os.environ if env is None else env
+    return any(int(env.get(k) or 0) > 0 for k in ("LOCAL_RANK", "RANK", "NODE_RANK"))
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The topmost folder of ``path`` that does not exist yet (``None``: it all exists)."""
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def _data_name(cfg: Any) -> str:
+    data = cfg.get("data")
+    init = getattr(data, "init_args", None)
+    name = init.get("name") if init is not None and hasattr(init, "get") else None
+    if name:
+        return str(name)
+    cp = getattr(data, "class_path", None)
+    return str(cp).rsplit(".", 1)[-1] if cp else "data"
 
 
 def _class_name(node: Any) -> str | None:
@@ -182,18 +268,101 @@ class CNFCLI(LightningCLI):
         opts = cfg.run
         configs = [str(c) for c in (cfg.get("config") or [])]
         self.experiment = opts.experiment or (Path(configs[-1]).stem if configs else "default")
-        self.run_name = opts.name
-        ckpt = cfg.get("ckpt_path")
-        run_root = Path(opts.root) / self.experiment
-        if self.run_name is None and ckpt and self.subcommand != "fit":
-            parent = Path(str(ckpt)).resolve().parent
-            if parent.name == "checkpoints" and (parent.parent / "config.yaml").exists():
-                run_root, self.run_name = parent.parent.parent, parent.parent.name
-        if self.run_name is None:
-            self.run_name = default_run_name()
-        self.run_dir = run_root / self.run_name
         self.run_opts = opts
         self.cfg = cfg
+        self.eval_dir: RunDir | None = None
+        self.predictions_path: Path | None = None
+        self._created: list[Path | None] = []  # folders this process made (removed if nothing ran)
+        self._locked: RunDir | None = None
+        if cfg.get("weights_only") is None:
+            cfg.weights_only = True  # a checkpoint cannot run code unless trusted explicitly
+        if self.subcommand == "fit":
+            self._prepare_fit(cfg, opts)
+        else:
+            self._prepare_evaluation(cfg, opts)
+        self.run_dir = self.run.path
+
+    def _prepare_fit(self, cfg: Any, opts: Any) -> None:
+        self.run_name = opts.name or default_run_name()
+        self.run = RunDir(Path(opts.root) / self.experiment / self.run_name)
+        edits = {"run.name": None, "run.resume": False, "run.experiment": self.experiment,
+                 "run.origin": str(self.run.path), "ckpt_path": None}
+        target = self.run.config
+        if opts.resume:
+            n = len(self.run.segments) + 1
+            target = self.run.path / f"config.segment{n}.yaml"
+        self.save_config_kwargs = {"target": target, "edits": edits}
+        self.run_extra: dict[str, Any] = {"kind": "training", "experiment": self.experiment,
+                                          "run": self.run_name}
+        if opts.origin and Path(opts.origin).resolve() != self.run.path.resolve():
+            self.run_extra["config_from"] = str(opts.origin)
+        if _is_secondary_process():
+            return
+        if not opts.resume:
+            info = self.run.lock_info()
+            if info is not None and info.alive is not False:
+                self.run.lock()  # raises RunLockedError naming the holder
+            if not self.run.is_empty:
+                state = self.run.state or "no summary"
+                raise ConfigError(
+                    f"run directory {self.run.path} already holds a run (status: {state}); a "
+                    f"run directory is written once. Continue it with `cnf fit --resume "
+                    f"{self.run.path}`, or start a new run with another --run.name (or none: "
+                    f"a timestamp)")
+            self._created.append(_first_missing(self.run.path))
+        note = self.run.lock()
+        self._locked = self.run
+        if note:
+            print(f"cnf: {note}", file=sys.stderr)
+
+    def _prepare_evaluation(self, cfg: Any, opts: Any) -> None:
+        stage = self.subcommand
+        ckpt = cfg.get("ckpt_path")
+        owner = run_dir_of_checkpoint(ckpt) if ckpt else None
+        if ckpt is None and opts.name and not opts.untrained:
+            named = RunDir(Path(opts.root) / self.experiment / opts.name)
+            if not named.is_run:
+                raise ConfigError(f"there is no run {named.path}; pass --ckpt_path, or the "
+                                  f"--run.name of a run under {named.path.parent}")
+            ckpt = named.best_or_last_checkpoint()
+            if ckpt is None:
+                raise ConfigError(
+                    f"run {named.path} has no checkpoint ({checkpoint_note(named)}); pass "
+                    f"--ckpt_path, or --untrained to {stage} an untrained model")
+            cfg.ckpt_path, owner = str(ckpt), named
+        if ckpt is None and not opts.untrained:
+            raise ConfigError(
+                f"cnf {stage} needs a trained model: pass --ckpt_path "
+                f"runs/<experiment>/<run>/checkpoints/best.ckpt (or last.ckpt); to {stage} an "
+                f"untrained model on purpose, add --untrained (the result is labelled so)")
+        if ckpt is not None and not Path(str(ckpt)).exists():
+            raise ConfigError(f"checkpoint {ckpt} does not exist")
+        if owner is not None:
+            self.run, self.experiment = owner, owner.path.parent.name
+        else:  # an untrained model or a checkpoint from elsewhere: kept beside the runs
+            self.run = RunDir(Path(opts.root) / self.experiment)
+        self.run_name = self.run.path.name
+        data = _data_name(cfg)
+        label = Path(str(ckpt)).stem if ckpt else "untrained"
+        name = opts.eval_name or f"{stage}-{data}-{label}"
+        self.run_extra = {"kind": "evaluation", "stage": stage, "data": data,
+                          "checkpoint": str(ckpt) if ckpt else None,
+                          "untrained": ckpt is None,
+                          "of_run": str(owner.path) if owner is not None else None}
+        if stage == "predict":
+            self.save_config_kwargs = {"target": None}
+            if not _is_secondary_process():
+                self.predictions_path = self.run.new_prediction_path(
+                    name, ".parquet" if opts.predictions_format == "parquet" else ".csv")
+            return
+        if _is_secondary_process():
+            self.eval_dir = self.run.eval_dir(name)
+        else:
+            top = _first_missing(self.run.evals / name)
+            self.eval_dir = self.run.new_eval_dir(name)
+            self._created.append(top if top != self.run.evals / name else self.eval_dir.path)
+        self.run_extra["name"] = self.eval_dir.path.name
+        self.save_config_kwargs = {"target": self.eval_dir.config, "edits": {}}
 
     def _wandb_logger(self) -> WandbLogger | None:
         mode = self.run_opts.wandb
@@ -217,44 +386,90 @@ class CNFCLI(LightningCLI):
             if name:
                 tags.append(str(name))
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # one W&B run per cnf run: a resume continues the same id
+        run_id = self.run.read_summary().get("wandb_id") or secrets.token_hex(4)
+        self.run_extra["wandb_id"] = run_id
         return WandbLogger(
             name=self.run_name, save_dir=str(self.run_dir), project=self.run_opts.wandb_project,
             group=self.run_opts.group or self.experiment, tags=sorted(set(tags)),
-            job_type=self.subcommand, offline=(mode == "offline"),
+            job_type=self.subcommand, offline=(mode == "offline"), id=run_id, resume="allow",
             settings=wandb.Settings(init_timeout=30, silent=True),
         )
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
         config = dict(config)
-        stage_logs = self.subcommand != "fit" and (self.run_dir / "config.yaml").exists()
-        # CSVLogger first: it owns the run directory (trainer.log_dir)
-        csv = CSVLogger(save_dir=str(self.run_dir.parent), name="",
-                        version=self.run_name if not stage_logs else f"{self.run_name}/{self.subcommand}")
-        loggers: list = [csv]
-        wb = self._wandb_logger() if config.get("logger", True) is not False else None
-        if wb is not None:
-            loggers.append(wb)
-        config["logger"] = loggers
-        config["default_root_dir"] = str(self.run_dir)
-        extra = [RunSummary(), DensityPlot2D(every_n_val_epochs=self.run_opts.plot_every_n_val),
-                 ElapsedTime()]
-        config["callbacks"], config["enable_progress_bar"], bar = self._progress(
-            list(config.get("callbacks") or []), callbacks, config.get("enable_progress_bar"))
-        extra += bar
+        extra: list = []
+        if self.subcommand == "predict":
+            config["logger"] = False
+            config["default_root_dir"] = str(self.run.path)
+            extra.append(PredictionWriter(self.predictions_path, extra=self.run_extra))
+        else:
+            target = self.run if self.subcommand == "fit" else self.eval_dir
+            loggers: list = [RunCSVLogger(target)]  # first: it owns the folder (log_dir)
+            wb = (self._wandb_logger() if self.subcommand == "fit"
+                  and config.get("logger", True) is not False else None)
+            if wb is not None:
+                loggers.append(wb)
+            config["logger"] = loggers
+            config["default_root_dir"] = str(target.path)
+            self.stop = GracefulStop(self.run, self.run_opts.checkpoint_every_minutes)
+            extra += [DensityPlot2D(every_n_val_epochs=self.run_opts.plot_every_n_val),
+                      RunSummary(target, extra=self.run_extra, stop=self.stop), ElapsedTime()]
         if self.subcommand == "fit":
+            extra.append(self.stop)
             extra.append(ModelCheckpoint(
-                dirpath=str(self.run_dir / "checkpoints"), filename="best",
+                dirpath=str(self.run.checkpoints), filename="best",
                 monitor=self.run_opts.monitor, mode=self.run_opts.monitor_mode,
                 save_top_k=1, save_last=True, auto_insert_metric_name=False,
             ) if self.run_opts.monitor else ModelCheckpoint(
-                dirpath=str(self.run_dir / "checkpoints"), save_last=True, save_top_k=0))
-        trainer = super()._instantiate_trainer(config, callbacks + extra)
-        # the stage logs of validate/test/predict go to a subfolder; the summary to the run
-        if stage_logs:
-            for cb in trainer.callbacks:
-                if isinstance(cb, RunSummary):
-                    cb._path = lambda _t, d=self.run_dir: d / "summary.json"  # type: ignore[method-assign]
-        return trainer
+                dirpath=str(self.run.checkpoints), save_last=True, save_top_k=0))
+        config["callbacks"], config["enable_progress_bar"], bar = self._progress(
+            list(config.get("callbacks") or []), callbacks, config.get("enable_progress_bar"))
+        extra += bar
+        try:
+            return super()._instantiate_trainer(config, callbacks + extra)
+        except CNFError:
+            raise
+        except (ValueError, TypeError, RuntimeError, ImportError) as exc:
+            # Lightning rejects a trainer argument (negative steps, devices, accelerator...)
+            raise ConfigError(f"invalid trainer setting: {type(exc).__name__}: {exc}\n"
+                              "Check the --trainer.* options (`cnf fit --help`).") from exc
+
+    # -- lifecycle: nothing half-made is left behind, the lock is released ----------------
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except BaseException:
+            self._abandon(started=False)
+            raise
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException as exc:
+            if subcommand == "fit" and isinstance(exc, CNFError) and exc.args:
+                exc.args = (f"{exc.args[0]}\n{checkpoint_note(self.run)}",) + exc.args[1:]
+            # a trainer setting Lightning rejects at the start is an argument error too
+            self._abandon(started=type(exc).__name__ != "MisconfigurationException")
+            raise
+        self._release()
+
+    def _release(self) -> None:
+        if self._locked is not None:
+            self._locked.unlock()
+            self._locked = None
+
+    def _abandon(self, started: bool) -> None:
+        """After an error: remove the folders this process made when nothing was recorded
+        in them (an argument error must not leave an empty run), and release the lock."""
+        for path in self._created:
+            if path is None or not path.exists():
+                continue
+            recorded = any(path.rglob(n) for n in (RunDir(path).summary_path.name,
+                                                   RunDir(path).checkpoints.name))
+            if not started or not recorded:
+                shutil.rmtree(path, ignore_errors=True)
+        self._release()
 
     def _progress(self, configured: list, given: list, enabled: bool | None
                   ) -> tuple[list, bool | None, list]:
@@ -290,7 +505,15 @@ class CNFCLI(LightningCLI):
                     "(experiments/bench/bench_precision.py); drop --run.compile")
             flow.compile()
 
+    @property
+    def interrupted_by(self) -> int | None:
+        """The signal that stopped fit early (SIGINT, SIGTERM), else ``None``."""
+        stop = getattr(self, "stop", None)
+        return stop.signal if stop is not None else None
+
     def after_fit(self) -> None:
+        if self.interrupted_by is not None:
+            return
         if self.run_opts.test_after_fit and not self.trainer.interrupted:
             ckpt = "best" if (self.run_opts.monitor and self.trainer.checkpoint_callback
                               and self.trainer.checkpoint_callback.best_model_path) else None
@@ -315,34 +538,116 @@ def _config_error(exc: BaseException) -> ConfigError:
     )
 
 
+def _option(argv: list[str], name: str) -> tuple[str | None, list[str]]:
+    """Take ``name VALUE`` or ``name=VALUE`` out of ``argv``."""
+    rest, value, i = [], None, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == name:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"{name} needs a value")
+            value = argv[i + 1]
+            i += 2
+            continue
+        if arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return value, rest
+
+
+def _expand_resume(run_path: str, rest: list[str]) -> list[str]:
+    """``fit --resume RUN ...`` -> the run's saved config, name, and ``last.ckpt``."""
+    run = RunDir(run_path)
+    if not run.config.exists():
+        raise ConfigError(f"--resume {run_path}: not a run directory (no {run.config.name}); "
+                          "pass runs/<experiment>/<run>")
+    last = run.checkpoint("last")
+    if not last.exists():
+        raise ConfigError(
+            f"--resume {run_path}: {checkpoint_note(run)} There is nothing to resume; start "
+            f"the run again with `cnf fit --config {run.config}`")
+    return ["fit", "--config", str(run.config), "--run.root", str(run.path.parent.parent),
+            "--run.experiment", run.path.parent.name, "--run.name", run.path.name,
+            "--run.resume", "true", "--ckpt_path", str(last)] + rest
+
+
+def _check_yaml_files(argv: list[str]) -> None:
+    """A YAML syntax error in a ``--config`` file, reported with the file's path (jsonargparse
+    reports it as ``<unicode string>``)."""
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else (
+            arg.split("=", 1)[1] if arg.startswith("--config=") else None)
+        if path is None or not Path(path).is_file():
+            continue
+        try:
+            with open(path) as f:
+                yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}; fix that file") from None
+
+
+def preprocess_args(argv: list[str]) -> list[str]:
+    """cnf's own spellings on top of LightningCLI's: ``fit --resume RUN_DIR`` and
+    ``--untrained``; YAML syntax errors of ``--config`` files name the file."""
+    argv = list(argv)
+    if argv and argv[0] == "fit" and any(a == "--resume" or a.startswith("--resume=") for a in argv):
+        value, rest = _option(argv[1:], "--resume")
+        argv = _expand_resume(value, rest)
+    if argv and argv[0] in ("validate", "test", "predict") and "--untrained" in argv:
+        argv = [a for a in argv if a != "--untrained"] + ["--run.untrained", "true"]
+    _check_yaml_files(argv)
+    return argv
+
+
+def _translate(exc: BaseException) -> CNFError | None:
+    """A cnf error for a known Lightning / jsonargparse / torch.load failure."""
+    import pickle
+
+    from jsonargparse import ArgumentError
+
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, CNFError):
+            return cause
+        if isinstance(cause, pickle.UnpicklingError) and "weights_only" in str(cause).lower() + "weights only":
+            first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+            from cnf.errors import UntrustedCheckpointError
+
+            return UntrustedCheckpointError(
+                "refused to load the checkpoint: it holds pickled Python objects, and unpickling "
+                f"can run arbitrary code ({first[:200]}). Load it only if you trust where it "
+                "came from, with --weights_only false")
+        if type(cause).__name__ == "MisconfigurationException":
+            return ConfigError(f"invalid trainer setting: {cause}")
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, ArgumentError) or "jsonargparse" in type(exc).__module__:
+        return _config_error(exc)
+    return None
+
+
 def run(args: list[str] | None = None, **kwargs: Any) -> CNFCLI:
     """Run the CLI with ``args`` (``sys.argv[1:]`` by default) and return it. Raises
     ``cnf.errors.CNFError`` subclasses for errors a user can fix (bad config included)."""
-    from jsonargparse import ArgumentError
-
+    argv = preprocess_args(list(sys.argv[1:] if args is None else args))
     kw: dict[str, Any] = dict(
         model_class=None, datamodule_class=None,
         subclass_mode_model=True, subclass_mode_data=True,
         save_config_callback=_SaveConfig,
-        save_config_kwargs={"overwrite": True},
         # experiment files may `extends:` another and override single keys (cnf.configs)
         parser_kwargs={"exit_on_error": False, "parser_mode": configs.register()},
         auto_configure_optimizers=False,
     )
     kw.update(kwargs)
     try:
-        return CNFCLI(args=args, **kw)
+        return CNFCLI(args=argv, **kw)
     except CNFError:
         raise
     except Exception as exc:
-        # a cnf error raised while jsonargparse instantiated a class arrives wrapped
-        cause: BaseException | None = exc
-        while cause is not None:
-            if isinstance(cause, CNFError):
-                raise cause from None
-            cause = cause.__cause__ or cause.__context__
-        if isinstance(exc, ArgumentError) or "jsonargparse" in type(exc).__module__:
-            raise _config_error(exc) from exc
+        err = _translate(exc)
+        if err is not None:
+            raise err from None
         raise
 
 
@@ -392,12 +697,25 @@ def main(args: list[str] | None = None) -> None:
         print(f"cnf: error: {exc}", file=sys.stderr)
         sys.exit(2)
     run_dir = getattr(cli, "run_dir", None)
-    if run_dir is not None and run_dir.exists() and cli.trainer.is_global_zero:
-        print(f"\ncnf: run directory {run_dir}")
-        for rel in ("summary.json", "metrics.csv", "config.yaml", "checkpoints/best.ckpt",
-                    "plots/density_final.png"):
-            if (run_dir / rel).exists():
-                print(f"  {rel:24s} {run_dir / rel}")
+    if run_dir is None or not cli.trainer.is_global_zero:
+        return
+    record = RunDir(run_dir)
+    print(f"\ncnf: run directory {run_dir}")
+    shown = [("summary.json", record.summary_path), ("metrics.csv", record.metrics),
+             ("config.yaml", record.config), ("checkpoints/best.ckpt", record.checkpoint("best")),
+             ("checkpoints/last.ckpt", record.checkpoint("last"))]
+    if cli.subcommand != "fit":
+        out = cli.eval_dir.path if cli.eval_dir is not None else cli.predictions_path
+        shown = [(f"{cli.subcommand} output", out)] if out is not None else []
+    for rel, path in shown:
+        if path is not None and Path(path).exists():
+            print(f"  {rel:24s} {path}")
+    signum = cli.interrupted_by
+    if signum is not None:
+        print(f"cnf: {signal.Signals(signum).name}: run {INTERRUPTED} at step "
+              f"{cli.trainer.global_step}, last.ckpt saved. Resume it with:\n"
+              f"  cnf fit --resume {run_dir}", file=sys.stderr)
+        sys.exit(128 + int(signum))
 
 
 if __name__ == "__main__":

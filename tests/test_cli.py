@@ -56,18 +56,22 @@ def test_stacked_configs_and_dotted_overrides(tmp_path):
     assert "test/nll" not in summary(cli.run_dir)["metrics"]
 
 
-def test_validate_and_test_from_a_checkpoint_write_into_that_run(tmp_path):
+def test_validate_and_test_from_a_checkpoint_write_evaluations_of_that_run(tmp_path):
     fit = run_cli(tmp_path, "fit", "toy_realnvp", *FAST, "--run.test_after_fit", "false")
     ckpt = fit.run_dir / "checkpoints" / "best.ckpt"
+    record = (fit.run_dir / "summary.json").read_bytes()
     test = run_cli(tmp_path, "test", "toy_realnvp", "--ckpt_path", str(ckpt),
                    "--data.init_args.n_test", "2000", name="")
     assert test.run_dir == fit.run_dir
-    s = summary(fit.run_dir)
-    assert s["status"] == "finished" and "test/nll" in s["metrics"]
+    assert test.eval_dir.path == fit.run_dir / "evals" / "test-8gaussians-best"
+    assert (fit.run_dir / "summary.json").read_bytes() == record  # the training record stays
+    s = summary(test.eval_dir.path)
+    assert s["status"] == "finished" and s["kind"] == "evaluation" and "test/nll" in s["metrics"]
     assert s["metrics"]["test/nll"] < 4.5  # better than an untrained model (~5+ nats)
-    assert (fit.run_dir / "test" / "metrics.csv").exists()
+    assert (test.eval_dir.path / "metrics.csv").exists()
     val = run_cli(tmp_path, "validate", "toy_realnvp", "--ckpt_path", str(ckpt), name="")
-    assert abs(summary(val.run_dir)["metrics"]["val/nll"] - s["best_score"]) < 1e-4
+    assert abs(summary(val.eval_dir.path)["metrics"]["val/nll"]
+               - summary(fit.run_dir)["best_score"]) < 1e-4
 
 
 def test_print_config_shows_the_resolved_config():
@@ -106,7 +110,7 @@ def test_data_dimension_mismatch_is_a_shape_error(tmp_path):
 
 
 def test_nan_batch_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
-    with pytest.raises(NonFiniteError, match="NaN or inf"):
+    with pytest.raises(NonFiniteError, match=r"(?s)NaN or inf.*The last checkpoint \(step \d+\)"):
         run_cli(tmp_path, "fit", "toy_realnvp", *FAST,
                 "--data.class_path", "tests.lightning.nan_data.NaNAfterFirstEpoch",
                 "--data.init_args.n_train", "1024", "--trainer.val_check_interval", "2",

@@ -41,7 +41,8 @@ def test_ffjord_experiments_fit_validate_test(tmp_path, experiment, extra):
     test = run_cli(tmp_path, "test", experiment, "--ckpt_path", str(ckpt),
                    "--data.init_args.n_test", "500", *SMALL, name="")
     assert val.run_dir == test.run_dir == fit.run_dir
-    metrics = summary(fit.run_dir)["metrics"]
+    # evaluations live in <run>/evals/, apart from the training record
+    metrics = {**summary(val.eval_dir.path)["metrics"], **summary(test.eval_dir.path)["metrics"]}
     # validate re-scores the best checkpoint on the same validation set with the exact trace
     assert abs(metrics["val/nll"] - summary(fit.run_dir)["best_score"]) < 1e-3
     assert 2.5 < metrics["test/nll"] < 8.0

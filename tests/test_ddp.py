@@ -53,7 +53,9 @@ def test_ddp_two_processes_agree_with_single_process(tmp_path):
     _cnf(["test", "--config", str(run / "config.yaml"), "--ckpt_path",
           str(run / "checkpoints" / "last.ckpt"), "--trainer.strategy", "auto",
           "--trainer.devices", "1", "--run.wandb", "disabled"], tmp_path)
-    single = json.loads((run / "summary.json").read_text())
+    # the evaluation goes to the run's evals/ folder; the training record stays
+    (evaluation,) = (run / "evals").glob("test-*-last")
+    single = json.loads((evaluation / "summary.json").read_text())
     assert single["environment"]["world_size"] == 1
     # measured: |difference| 5e-7 (float32 summation order)
     assert single["metrics"]["test/nll"] == pytest.approx(ddp_nll, abs=1e-5)

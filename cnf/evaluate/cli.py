@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "test NLL with exact log-determinants where the dimension allows"),
     "nfe-curve": ("cnf.nfe_curve", "NLL and sample energy distance against NFE (rk4 steps, "
                   "dopri5 tolerances) of a CNF run"),
+    "attributes": ("cnf.attributes", "class-mean latents and a grid moving test images along their difference (digits)"),
 }
 
 DESCRIPTION = """\

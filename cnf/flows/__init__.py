@@ -20,7 +20,7 @@ import pkgutil
 from typing import Any
 
 _HOMES: dict[str, str] = {
-    "AmortizedChain": "amortized", "ConditionalCNF": "amortized",
+    "AmortizedChain": "amortized",
     "MADE": "autoregressive", "AutoregressiveLayer": "autoregressive",
     "MaskedAffineAutoregressive": "autoregressive", "MAF": "autoregressive",
     "IAF": "autoregressive",

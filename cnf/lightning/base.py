@@ -75,8 +75,7 @@ class OptimizationMixin:
             f"the training loss became {float(loss)} at step {self.global_step} "  # type: ignore[attr-defined]
             + (f"({detail})" if detail else "") + "; lower the learning rate "
             "(model.optimizer.init_args.lr), clip gradients (trainer.gradient_clip_val), or "
-            "tighten the ODE tolerances. The weights were not updated; the last good "
-            "checkpoint is kept in the run's checkpoints/ folder."
+            "tighten the ODE tolerances. The weights were not updated."
         )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -102,8 +101,7 @@ class OptimizationMixin:
             raise NonFiniteError(
                 f"non-finite gradients at step {self.global_step} in {bad[:5]}; lower the "  # type: ignore[attr-defined]
                 f"learning rate (model.optimizer.init_args.lr) or clip gradients "
-                f"(trainer.gradient_clip_val). The weights were not updated and the last good "
-                f"checkpoint is kept."
+                f"(trainer.gradient_clip_val). The weights were not updated."
             )
 
 

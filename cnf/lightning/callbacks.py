@@ -1,12 +1,15 @@
-"""Callbacks: density plots for 2D models and the run summary (``summary.json``)."""
+"""Callbacks: density plots for 2D models, the run record (``summary.json``, segments,
+interrupts, timed ``last.ckpt``) and the CSV logger that appends across resumed segments."""
 
 from __future__ import annotations
 
-import json
-import math
+import csv
+import datetime as _dt
 import os
 import platform
 import resource
+import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -14,10 +17,15 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from cnf.flows.base import exact_logdet
+from cnf.lightning.progress import finite_float
+from cnf.rundir import FAILED, FINISHED, INTERRUPTED, RUNNING, RunDir
 
-__all__ = ["PeriodicPlot", "DensityPlot2D", "RunSummary", "peak_memory_mb", "run_dir"]
+__all__ = ["PeriodicPlot", "DensityPlot2D", "RunSummary", "GracefulStop", "RunCSVLogger",
+           "peak_memory_mb", "run_dir", "checkpoint_note"]
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -39,14 +47,6 @@ def peak_memory_mb(device: torch.device | None = None) -> dict[str, float]:
     if device is not None and device.type == "cuda":
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return out
-
-
-def _as_float(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 class PeriodicPlot(L.Callback):
@@ -78,6 +78,10 @@ class PeriodicPlot(L.Callback):
         fig.savefig(path, dpi=90)
         plt.close(fig)
         self.last_path = path
+        for logger in trainer.loggers:  # the W&B run gets the figure too
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key=f"plots/{path.stem}", images=[str(path)],
+                                 step=trainer.global_step)
         return path
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -162,39 +166,229 @@ class DensityPlot2D(PeriodicPlot):
             ax.set_yticks([])
             ax.set_aspect("equal")
         step = trainer.global_step
-        nll = _as_float(trainer.callback_metrics.get("val/nll"))
+        nll = finite_float(trainer.callback_metrics.get("val/nll"))
         fig.suptitle(f"{type(density.flow).__name__} — step {step}"
                      + (f", val/nll {nll:.3f}" if nll is not None else ""))
         return self.save(fig, trainer, filename)
 
 
-class RunSummary(L.Callback):
-    """Write ``<run dir>/summary.json``: final metrics, wall time, seconds per step, parameter
-    count, peak memory, best checkpoint and status. Updated after fit, validate and test; on
-    an exception it records ``status: failed`` and the error, keeping everything else."""
+class RunCSVLogger(CSVLogger):
+    """``metrics.csv`` directly in the run directory, appended to and never deleted.
 
-    def __init__(self, extra: dict[str, Any] | None = None):
+    Lightning's ``CSVLogger`` removes an existing ``metrics.csv`` (and warns "logs directory
+    exists ... will be deleted") when the folder is not empty, which lost every row before a
+    resumed checkpoint. This one keeps the file, adopts its header, and
+    :meth:`drop_redone_rows` drops rows written after the checkpoint a resume starts from.
+    """
+
+    def __init__(self, run: RunDir | str | Path):
+        self.run = run if isinstance(run, RunDir) else RunDir(run)
+        super().__init__(save_dir=str(self.run.path.parent), name="", version=self.run.path.name)
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(self.log_dir)
+        return self._experiment
+
+    def drop_redone_rows(self, step: int) -> int:
+        """Before a segment resumed at global step ``step``: drop the training and validation
+        rows logged at ``step`` or later (written after the checkpoint; the new segment logs
+        them again). Rows of a test are kept. Returns how many rows were dropped."""
+        self.save()
+        path = self.run.metrics
+        if not path.exists():
+            return 0
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            fields, rows = list(reader.fieldnames or []), list(reader)
+
+        def redone(row: dict[str, str]) -> bool:
+            try:
+                at = int(float(row.get("step") or -1))
+            except ValueError:
+                return False
+            return at >= step and not any(v for k, v in row.items() if k.startswith("test/"))
+
+        keep = [r for r in rows if not redone(r)]
+        if len(keep) == len(rows):
+            return 0
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(keep)
+        tmp.replace(path)
+        return len(rows) - len(keep)
+
+
+class _AppendingWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:
+        # adopt an existing file's columns instead of deleting it
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                header = next(csv.reader(f), [])
+            self.metrics_keys = sorted(header)
+            if header != self.metrics_keys:
+                self._rewrite_with_new_header(self.metrics_keys)
+
+
+def checkpoint_note(run: RunDir) -> str:
+    """What is on disk about checkpoints of ``run``, for error messages."""
+    ckpts = sorted(run.checkpoints.glob("*.ckpt")) if run.checkpoints.is_dir() else []
+    if not ckpts:
+        return "No checkpoint was written yet."
+    last = run.checkpoint("last")
+    if last.exists():
+        try:
+            step = torch.load(last, map_location="cpu", weights_only=True).get("global_step")
+        except Exception:  # noqa: BLE001 - a message helper must not fail
+            step = None
+        at = f" (step {step})" if step is not None else ""
+        return (f"The last checkpoint{at} is {last}; continue with `cnf fit --resume "
+                f"{run.path}` after changing what the message says.")
+    return "Checkpoints kept: " + ", ".join(str(c) for c in ckpts) + "."
+
+
+class GracefulStop(L.Callback):
+    """SIGINT / SIGTERM during training: finish the current step, save ``last.ckpt`` at that
+    step, stop, and leave ``signal`` set (the run is then *interrupted*, not failed). A second
+    signal aborts at once. Also saves ``last.ckpt`` every ``every_minutes`` of training, so a
+    ``kill -9`` loses at most that much. Single-process runs only handle signals (under DDP,
+    Lightning's own handling stays).
+
+    Args:
+        run: the run directory (``last.ckpt`` goes to its ``checkpoints/``).
+        every_minutes: interval of the timed ``last.ckpt`` (0: off).
+    """
+
+    def __init__(self, run: RunDir, every_minutes: float = 10.0):
         super().__init__()
-        self.extra = extra or {}
-        self._t0: dict[str, float] = {}
+        self.run = run
+        self.every_minutes = every_minutes
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._last_save = 0.0
 
-    def _path(self, trainer: L.Trainer) -> Path:
-        return run_dir(trainer) / "summary.json"
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:  # second signal: abort now
+            self._restore()
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f"\ncnf: {signal.Signals(signum).name} received: saving last.ckpt at the end of "
+              "this step, then stopping (send it again to abort at once)", file=sys.stderr,
+              flush=True)
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            try:
+                signal.signal(sig, handler)
+            except (ValueError, TypeError):
+                pass
+        self._previous = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_save = time.monotonic()
+        if trainer.world_size != 1 or not _main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handler)
+
+    def save_last(self, trainer: L.Trainer) -> Path:
+        """Write ``last.ckpt`` at the current step (through a temporary file and a rename)."""
+        path = self.run.checkpoint("last")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            tmp.replace(path)
+        self._last_save = time.monotonic()
+        return path
+
+    # Checkpoints are written where Lightning's step counters agree (between steps, or
+    # after the loop ended): one written inside on_train_batch_end resumes with the logging
+    # step one behind, and rows get logged twice.
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                             batch: Any, batch_idx: int) -> None:
+        if (self.every_minutes > 0 and self.signal is None and trainer.global_step > 0
+                and time.monotonic() - self._last_save >= 60 * self.every_minutes):
+            self.save_last(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.signal is not None:
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.signal is not None:
+            path = self.save_last(trainer)
+            if trainer.is_global_zero:
+                print(f"cnf: saved {path} at step {trainer.global_step}", file=sys.stderr,
+                      flush=True)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore()
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class RunSummary(L.Callback):
+    """The run's ``summary.json``: written at the start of fit (``status: running``, a new
+    entry in ``segments``), after every validation, and at the end (``finished``, ``failed``,
+    or ``interrupted`` after a signal): final metrics, wall time and seconds per step
+    accumulated over resumed segments, parameter count, peak memory, best checkpoint. All
+    writes are atomic. The same fields go to the W&B run's summary when W&B is on.
+
+    Args:
+        run: the run (or evaluation) directory; default: the first logger's folder.
+        extra: fields added to the summary (e.g. ``kind``, ``checkpoint``).
+        stop: the run's :class:`GracefulStop`, whose ``signal`` marks an interruption.
+    """
+
+    def __init__(self, run: RunDir | str | Path | None = None, extra: dict[str, Any] | None = None,
+                 stop: GracefulStop | None = None):
+        super().__init__()
+        self.run = RunDir(run) if isinstance(run, (str, Path)) else run
+        self.extra = extra or {}
+        self.stop = stop
+        self._t0: dict[str, float] = {}
+        self._elapsed_before = 0.0  # fit seconds of earlier segments (from the checkpoint)
+        self._resumed = False
+        self._start_step = 0
+
+    def _run(self, trainer: L.Trainer) -> RunDir:
+        return self.run if self.run is not None else RunDir(run_dir(trainer))
+
+    def _csv(self, trainer: L.Trainer) -> RunCSVLogger | None:
+        return next((lg for lg in trainer.loggers if isinstance(lg, RunCSVLogger)), None)
+
+    def fit_elapsed(self) -> float:
+        """Seconds of fit so far, earlier segments included."""
+        return self._elapsed_before + time.perf_counter() - self._t0.get("fit", time.perf_counter())
+
+    # checkpoint state: the fit clock, so wall time accumulates over resumed segments
+    def state_dict(self) -> dict[str, Any]:
+        return {"elapsed_s": float(self.fit_elapsed()) if "fit" in self._t0 else 0.0}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._elapsed_before = float(state_dict.get("elapsed_s", 0.0))
+        self._resumed = True
 
     def _update(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str,
                 status: str, error: str | None = None) -> None:
         if not trainer.is_global_zero:
             return
-        path = self._path(trainer)
-        summary: dict[str, Any] = {}
-        if path.exists():
-            try:
-                summary = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                summary = {}
+        run = self._run(trainer)
+        summary = run.read_summary()
         metrics = summary.setdefault("metrics", {})
         for key, value in trainer.callback_metrics.items():
-            f = _as_float(value)
+            f = finite_float(value)
             if f is not None and not key.endswith("_step"):
                 metrics[key.removesuffix("_epoch")] = f
         wall = time.perf_counter() - self._t0.get(stage, time.perf_counter())
@@ -206,14 +400,19 @@ class RunSummary(L.Callback):
             summary.pop("error", None)
         summary[f"{stage}_wall_time_s"] = round(wall, 3)
         if stage == "fit":
-            summary["wall_time_s"] = round(wall, 3)
+            total = self.fit_elapsed()
+            summary["wall_time_s"] = round(total, 3)
             summary["steps"] = trainer.global_step
             summary["epochs"] = trainer.current_epoch
-            summary["s_per_step"] = round(wall / max(trainer.global_step, 1), 5)
+            summary["s_per_step"] = round(total / max(trainer.global_step, 1), 5)
+            segments = summary.setdefault("segments", [])
+            if segments:
+                segments[-1].update(end_step=trainer.global_step, status=status,
+                                    start_step=self._start_step, wall_time_s=round(wall, 3))
             ckpt = trainer.checkpoint_callback
             if ckpt is not None and getattr(ckpt, "best_model_path", ""):
                 summary["best_checkpoint"] = ckpt.best_model_path
-                best = _as_float(getattr(ckpt, "best_model_score", None))
+                best = finite_float(getattr(ckpt, "best_model_score", None))
                 if best is not None:
                     summary["best_score"] = best
                     summary["best_monitor"] = ckpt.monitor
@@ -238,24 +437,67 @@ class RunSummary(L.Callback):
             "world_size": trainer.world_size, "host": platform.node(),
             "load_avg_1m": round(os.getloadavg()[0], 2),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
-        tmp.replace(path)
+        run.write_summary(summary)
+        self._to_wandb(trainer, summary)
 
+    @staticmethod
+    def _to_wandb(trainer: L.Trainer, summary: dict[str, Any]) -> None:
+        fields = {k: summary[k] for k in ("status", "parameters", "trainable_parameters",
+                                          "peak_memory_mb", "peak_gpu_mb", "s_per_step",
+                                          "wall_time_s", "steps", "model", "data")
+                  if k in summary}
+        fields.update({f"final/{k}": v for k, v in summary.get("metrics", {}).items()})
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                run = logger.experiment
+                if hasattr(run, "summary"):
+                    run.summary.update(fields)
+
+    # hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._t0[stage] = time.perf_counter()
+        if not trainer.is_global_zero:
+            return
+        run = self._run(trainer)
+        summary = run.read_summary()
+        summary.update(self.extra)
+        summary["status"] = RUNNING
+        summary.pop("error", None)
+        if stage == "fit":
+            summary.setdefault("segments", []).append({
+                "segment": len(summary.get("segments", [])) + 1,
+                "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "resumed_from": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+                "host": socket.gethostname(), "pid": os.getpid(), "status": RUNNING,
+            })
+        run.write_summary(summary)
 
-    def on_fit_end(self, trainer, pl_module):
-        self._update(trainer, pl_module, "fit", "finished")
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start_step = trainer.global_step
+        csv_logger = self._csv(trainer)
+        if self._resumed and csv_logger is not None and trainer.is_global_zero:
+            # rows written after the checkpoint are redone by this segment: drop them
+            csv_logger.drop_redone_rows(trainer.global_step)
 
     def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
         if trainer.state.fn == "validate":
-            self._update(trainer, pl_module, "validate", "finished")
+            self._update(trainer, pl_module, "validate", FINISHED)
+        elif trainer.state.fn == "fit":
+            self._update(trainer, pl_module, "fit", RUNNING)  # a killed run keeps its progress
+
+    def on_fit_end(self, trainer, pl_module):
+        interrupted = self.stop is not None and self.stop.signal is not None
+        self._update(trainer, pl_module, "fit", INTERRUPTED if interrupted else FINISHED)
 
     def on_test_end(self, trainer, pl_module):
-        self._update(trainer, pl_module, "test", "finished")
+        self._update(trainer, pl_module, "test", FINISHED)
 
     def on_exception(self, trainer, pl_module, exception):
         stage = str(trainer.state.fn.value) if trainer.state.fn else "fit"
-        self._update(trainer, pl_module, stage, "failed", f"{type(exception).__name__}: {exception}")
+        if isinstance(exception, KeyboardInterrupt) or type(exception).__name__ == "SIGTERMException":
+            self._update(trainer, pl_module, stage, INTERRUPTED, type(exception).__name__)
+        else:
+            self._update(trainer, pl_module, stage, FAILED,
+                         f"{type(exception).__name__}: {exception}")

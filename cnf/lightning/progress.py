@@ -1,5 +1,6 @@
 """Progress for logs and CI: one line every N steps instead of a redrawn bar, and the
-``time/elapsed_s`` clock that reports plot learning curves against.
+``time/elapsed_s`` clock that reports plot learning curves against (continued across the
+segments of a resumed run).
 
 A line reads::
 
@@ -18,7 +19,7 @@ from typing import Any, TextIO
 import lightning as L
 from lightning.pytorch.callbacks.progress import ProgressBar
 
-__all__ = ["LineProgressBar", "ElapsedTime", "format_duration"]
+__all__ = ["LineProgressBar", "ElapsedTime", "format_duration", "finite_float"]
 
 
 def format_duration(seconds: float) -> str:
@@ -31,7 +32,8 @@ def format_duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def _num(value: Any) -> float | None:
+def finite_float(value: Any) -> float | None:
+    """``float(value)`` when it is a finite number (tensors included), else ``None``."""
     try:
         f = float(value)
     except (TypeError, ValueError):
@@ -60,6 +62,7 @@ class LineProgressBar(ProgressBar):
         self._t0 = 0.0
         self._last_t = 0.0
         self._last_step = 0
+        self._start_step = 0
         self.lines: list[str] = []
 
     # ProgressBar API
@@ -102,14 +105,14 @@ class LineProgressBar(ProgressBar):
         m = trainer.callback_metrics
         parts = []
         for key, name in ((f"{prefix}/loss", "loss"),):
-            v = _num(m.get(key))
+            v = finite_float(m.get(key))
             if v is not None:
                 parts.append(f"{name} {v:.4g}")
-        fwd, bwd = _num(m.get(f"{prefix}/nfe_forward")), _num(m.get(f"{prefix}/nfe_backward"))
+        fwd, bwd = finite_float(m.get(f"{prefix}/nfe_forward")), finite_float(m.get(f"{prefix}/nfe_backward"))
         if fwd is not None:
             parts.append(f"nfe {fwd:.0f}" + (f"/{bwd:.0f}" if bwd is not None else ""))
         for key in ("val/bpd", "val/nll", "val/loss"):
-            v = _num(m.get(key))
+            v = finite_float(m.get(key))
             if v is not None:
                 parts.append(f"{key} {v:.4g}")
                 break
@@ -118,7 +121,7 @@ class LineProgressBar(ProgressBar):
     # hooks
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = self._last_t = time.perf_counter()
-        self._last_step = trainer.global_step
+        self._last_step = self._start_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -135,7 +138,7 @@ class LineProgressBar(ProgressBar):
         head = f"[fit] step {step}" + (f"/{total} {100 * step / total:3.0f}%" if total else "")
         eta = None
         if total:
-            eta = (total - step) * elapsed / max(step, 1)
+            eta = (total - step) * elapsed / max(step - self._start_step, 1)
         timer = next((cb for cb in trainer.callbacks if type(cb).__name__ == "Timer"), None)
         if timer is not None and getattr(timer, "_duration", None):
             left = timer._duration - elapsed
@@ -151,7 +154,7 @@ class LineProgressBar(ProgressBar):
             return
         stage = "fit" if trainer.state.fn == "fit" else "validate"
         vals = " | ".join(f"{k} {f:.4g}" for k, v in sorted(trainer.callback_metrics.items())
-                          if k.startswith("val/") and (f := _num(v)) is not None)
+                          if k.startswith("val/") and (f := finite_float(v)) is not None)
         self._write(f"[{stage}] validation at step {trainer.global_step} | {vals}")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -161,7 +164,7 @@ class LineProgressBar(ProgressBar):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         vals = " | ".join(f"{k} {f:.5g}" for k, v in sorted(trainer.callback_metrics.items())
-                          if k.startswith("test/") and (f := _num(v)) is not None)
+                          if k.startswith("test/") and (f := finite_float(v)) is not None)
         self._write(f"[test] {vals}")
 
 
@@ -173,6 +176,17 @@ class ElapsedTime(L.Callback):
     def __init__(self) -> None:
         super().__init__()
         self._t0: float | None = None
+        self._before = 0.0  # seconds of earlier segments of a resumed run
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, earlier segments of a resumed run included."""
+        return self._before + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"elapsed_s": float(self.elapsed())}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._before = float(state_dict.get("elapsed_s", 0.0))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = time.perf_counter()
@@ -185,5 +199,5 @@ class ElapsedTime(L.Callback):
         due = (bool(every and step % every == 0) or trainer.should_stop
                or 0 < (trainer.max_steps or 0) <= step)
         if self._t0 is not None and due:
-            pl_module.log("time/elapsed_s", time.perf_counter() - self._t0, on_step=True,
+            pl_module.log("time/elapsed_s", self.elapsed(), on_step=True,
                           on_epoch=False)

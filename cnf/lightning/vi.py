@@ -37,7 +37,7 @@ from cnf.lightning.callbacks import PeriodicPlot
 from cnf.vi.estimators import effective_sample_size, free_energy, importance_log_z
 from cnf.vi.targets import Target
 
-__all__ = ["ReverseKL", "StepsDataModule", "TargetPlot2D"]
+__all__ = ["ReverseKL", "HamiltonianVI", "StochasticFlowVI", "StepsDataModule", "TargetPlot2D"]
 
 
 class _Steps(Dataset):
@@ -171,9 +171,19 @@ class ReverseKL(OptimizationMixin, L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_started = time.perf_counter()
 
+    # -- what a sample is (subclasses with extended spaces or stochastic paths override) --
+    def sample_terms(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``n`` samples ``z`` of q with ``log q(z)`` and the target energy ``U(z)``, such that
+        ``log w = −U − log q`` is an importance log-weight with ``E_q[w] = Z``."""
+        z, log_q = self.density.sample_and_log_prob(n)
+        return z, log_q, self.target.energy(z)
+
+    def q_log_prob(self, z: Tensor) -> Tensor | None:
+        """``log q(z)`` of the approximation's marginal, or ``None`` when it is intractable."""
+        return self.density.log_prob(z)
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        z, log_q = self.density.sample_and_log_prob(self.num_samples)
-        energy = self.target.energy(z)
+        z, log_q, energy = self.sample_terms(self.num_samples)
         beta = self.beta()
         loss = (log_q + beta * energy).mean()
         extra = gather(self.density, "extra_losses")
@@ -184,8 +194,7 @@ class ReverseKL(OptimizationMixin, L.LightningModule):
                 f"the free energy became {float(loss)} at step {self.global_step}; lower the "
                 f"learning rate (model.optimizer.init_args.lr), clip gradients "
                 f"(trainer.gradient_clip_val), anneal the target (model.beta_start / "
-                f"model.anneal_steps) or bound the flow's scales. The last good checkpoint "
-                f"is kept in the run's checkpoints/ folder.")
+                f"model.anneal_steps) or bound the flow's scales.")
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/free_energy", free_energy(log_q, energy).detach())
         self.log("train/beta", beta)
@@ -210,12 +219,12 @@ class ReverseKL(OptimizationMixin, L.LightningModule):
             m = min(left, self.eval_chunk)
             if self.exact_eval:
                 with exact_logdet(self.density):
-                    z, log_q = self.density.sample_and_log_prob(m)
+                    z, log_q, energy = self.sample_terms(m)
             else:
-                z, log_q = self.density.sample_and_log_prob(m)
+                z, log_q, energy = self.sample_terms(m)
             zs.append(z.detach())
             lqs.append(log_q.detach())
-            us.append(self.target.energy(z.detach()).detach())
+            us.append(energy.detach())
             left -= m
         return torch.cat(zs), torch.cat(lqs), torch.cat(us)
 
@@ -250,6 +259,101 @@ class ReverseKL(OptimizationMixin, L.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step("test")
+
+
+class HamiltonianVI(ReverseKL):
+    """Hamiltonian variational inference (Caterini et al., 2018): ``density`` is the initial
+    ``q_0(z)``; a :class:`cnf.flows.hamiltonian.HamiltonianFlow` whose potential is the
+    target's energy (gradients by autograd) moves ``(z_0, ρ_0)``, ``ρ_0 ~ N(0, I)``, by
+    ``steps`` leapfrog steps (learned step sizes, optional tempering). The ELBO is on the
+    extended space with a Gaussian momentum::
+
+        log q(z_K, ρ_K) = log q_0(z_0) + log N(ρ_0) − log|det|        (0 without tempering)
+        Ũ(z, ρ)        = U(z) + ½‖ρ‖² + (d/2) log 2π                 (∫ e^{−Ũ} = Z)
+
+    so ``elbo`` ≤ log Z, ``log_z`` (importance sampled on the extended space) is consistent,
+    and ``kl`` is the extended-space KL, an upper bound on KL(q(z) ‖ p(z)). q's marginal
+    density is intractable (the plot shows samples only).
+
+    Args:
+        density: ``q_0`` over z, e.g. ``Density(RealNVP(2), StandardNormal(2))``.
+        target: the target (its ``energy`` is the potential).
+        steps, step_size, learn_step_size, tempering, beta0: the Hamiltonian flow.
+        Other arguments: as :class:`ReverseKL`.
+    """
+
+    def __init__(self, density: Density, target: Target, steps: int = 5,
+                 step_size: float = 0.1, learn_step_size: bool = True,
+                 tempering: bool = False, beta0: float = 0.5, **kwargs: Any):
+        super().__init__(density, target, **kwargs)
+        from cnf.flows.hamiltonian import HamiltonianFlow
+
+        self.hamiltonian = HamiltonianFlow(2 * target.dim, potential=target.energy, steps=steps,
+                                           step_size=step_size,
+                                           learn_step_size=learn_step_size,
+                                           tempering=tempering, beta0=beta0)
+
+    def _momentum_log_prob(self, rho: Tensor) -> Tensor:
+        return -0.5 * rho.pow(2).sum(1) - 0.5 * rho.shape[1] * math.log(2 * math.pi)
+
+    def sample_terms(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        z0, log_q0 = self.density.sample_and_log_prob(n)
+        rho0 = torch.randn_like(z0)
+        x, logdet = self.hamiltonian.inverse(torch.cat([z0, rho0], 1))
+        d = z0.shape[1]
+        z, rho = x[:, :d], x[:, d:]
+        log_q = log_q0 + self._momentum_log_prob(rho0) - logdet
+        return z, log_q, self.target.energy(z) - self._momentum_log_prob(rho)
+
+    def q_log_prob(self, z: Tensor) -> Tensor | None:
+        return None
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        self.log("train/step_size", float(self.hamiltonian.log_eps.detach().exp().mean()))
+
+
+class StochasticFlowVI(ReverseKL):
+    """A stochastic normalizing flow (Wu, Köhler & Noé, 2020) fitted by the reverse path KL:
+    ``density``'s flow (a Chain, e.g. RealNVP) with Langevin layers (unadjusted, or
+    Metropolis-adjusted with ``mala``) towards the target inserted after every ``every`` of
+    its layers (:class:`cnf.vi.snf.StochasticFlow`). The path log-weight is an unbiased
+    importance weight (``E[w] = Z``), so ``log_z`` and ``ess`` are as for a flow; ``elbo``
+    and ``kl`` are the path versions (``kl`` ≥ KL of the marginal). Logs
+    ``train/acceptance`` with ``mala``.
+
+    Args:
+        density: the deterministic flow and base.
+        target: the target.
+        every, langevin_steps, step_size, mala, anneal: the Langevin layers.
+        Other arguments: as :class:`ReverseKL`.
+    """
+
+    def __init__(self, density: Density, target: Target, every: int = 2,
+                 langevin_steps: int = 1, step_size: float = 0.05, mala: bool = False,
+                 anneal: bool = True, **kwargs: Any):
+        super().__init__(density, target, **kwargs)
+        from cnf.vi.snf import StochasticFlow
+
+        self.snf = StochasticFlow(density.flow, density.base, every, langevin_steps,
+                                  step_size, mala, anneal)
+
+    def sample_terms(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        z, log_q = self.snf.sample_and_log_q(n, self.target.energy)
+        return z, log_q, self.target.energy(z)
+
+    def q_log_prob(self, z: Tensor) -> Tensor | None:
+        return None
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        rate = self.snf.acceptance()
+        if rate is not None:
+            self.log("train/acceptance", rate)
+
+
+class _Intractable(Exception):
+    pass
 
 
 class TargetPlot2D(PeriodicPlot):
@@ -290,12 +394,16 @@ class TargetPlot2D(PeriodicPlot):
         q_note = ""
         with torch.enable_grad(), exact_logdet(density):
             try:  # density evaluation runs the flow's forward, numerical for some flows
-                log_q = torch.cat([density.log_prob(c).detach() for c in grid.split(5000)])
-            except CNFError as exc:
+                parts = [pl_module.q_log_prob(c) for c in grid.split(5000)]
+                if any(p is None for p in parts):
+                    raise _Intractable()
+                log_q = torch.cat([p.detach() for p in parts])
+            except (CNFError, _Intractable) as exc:
                 log_q = torch.full((grid.shape[0],), float("nan"), device=grid.device)
-                q_note = f" (unavailable: {type(exc).__name__})"
+                q_note = (" (marginal intractable)" if isinstance(exc, _Intractable)
+                          else f" (unavailable: {type(exc).__name__})")
             est = pl_module.estimates(min(pl_module.eval_samples, 20_000))
-            samples = torch.cat([density.sample(min(10_000, self.n_samples)).detach()
+            samples = torch.cat([pl_module.sample_terms(min(10_000, self.n_samples))[0].detach()
                                  for _ in range(math.ceil(self.n_samples / 10_000))])
         if was_training:
             pl_module.train()

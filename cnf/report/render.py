@@ -196,6 +196,47 @@ code{background:#f5f5f5;padding:0 .2em}
 """
 
 
+def _unfinished_and_evaluations(runs: list[Run], runs_dir: Path, md: list[str], hb: list[str]
+                                ) -> tuple[list[str], list[str]]:
+    """Sections for runs still running or stopped early (resumable), failed runs, and the
+    evaluations (``cnf test`` / ``validate`` on other data or checkpoints) of each run."""
+    from cnf.report.runs import UNFINISHED_STATUSES, load_evaluations
+
+    stopped = [r for r in runs if r.status in UNFINISHED_STATUSES]
+    if stopped:
+        note = ("Running, interrupted (Ctrl-C / SIGTERM, last.ckpt saved at that step) or "
+                "unfinished (marked running but no process holds it: killed). Not in the "
+                "results above; continue one with the command shown.")
+        header = ["run", "model", "dataset", "status", "steps", "resume"]
+        rows = [[r.name, r.label, r.data, r.status, str(r.summary.get("steps", "—")),
+                 f"cnf fit --resume {r.path}"] for r in stopped]
+        md += ["## Unfinished and interrupted runs", "", note, "", _md_table(header, rows), ""]
+        hb += ["<h2>Unfinished and interrupted runs</h2>", f'<p class="note">{html.escape(note)}</p>',
+               _html_table(header, rows)]
+    failed = [r for r in runs if r.status != "finished" and r.status not in UNFINISHED_STATUSES]
+    if failed:
+        header = ["run", "model", "dataset", "seed", "status", "error"]
+        rows = [[r.name, r.label, r.data, str(r.seed), r.status, (r.error or "")[:700]] for r in failed]
+        md += ["## Runs that did not finish", "", _md_table(header, rows), ""]
+        hb += ['<h2 class="fail">Runs that did not finish</h2>', _html_table(header, rows)]
+    evals = load_evaluations(runs_dir)
+    if evals:
+        note = ("Evaluations kept apart from the training record (`cnf test` / `cnf validate`, "
+                "in `<run>/evals/`); an untrained model is labelled so.")
+        header = ["evaluation", "of run", "model", "checkpoint", "data", "stage", "metrics"]
+        rows = []
+        for ev in evals:
+            s = ev.summary
+            metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(s.get("metrics", {}).items())
+                                if isinstance(v, (int, float)) and not k.startswith("time/"))
+            rows.append([ev.name, Path(ev.of_run).name if ev.of_run else "—",
+                         str(s.get("model", "—")), ev.label, str(s.get("data", "—")),
+                         str(s.get("stage", "—")), metrics])
+        md += ["## Evaluations", "", note, "", _md_table(header, rows), ""]
+        hb += ["<h2>Evaluations</h2>", f'<p class="note">{html.escape(note)}</p>', _html_table(header, rows)]
+    return md, hb
+
+
 def write_report(runs_dir: str | Path, out: str | Path, *, title: str | None = None,
                  description: str = "") -> dict[str, Path]:
     """Write ``out/report.md``, ``out/report.html`` and ``out/figures/`` from the runs under
@@ -248,12 +289,7 @@ def write_report(runs_dir: str | Path, out: str | Path, *, title: str | None = N
         hb += [f"<h3>{html.escape(data)}</h3>",
                f'<div style="overflow-x:auto">{_html_table(header, rows)}</div>']
 
-    failed = [r for r in runs if r.status != "finished"]
-    if failed:
-        header = ["run", "model", "dataset", "seed", "status", "error"]
-        rows = [[r.name, r.label, r.data, str(r.seed), r.status, (r.error or "")[:700]] for r in failed]
-        md += ["## Runs that did not finish", "", _md_table(header, rows), ""]
-        hb += ['<h2 class="fail">Runs that did not finish</h2>', _html_table(header, rows)]
+    md, hb = _unfinished_and_evaluations(runs, runs_dir, md, hb)
 
     # -- figures ---------------------------------------------------------------------
     curves = learning_curves(groups, fig_dir / "learning_curves.png", "learning curves")

@@ -1,4 +1,7 @@
-"""Read finished runs from disk: ``summary.json``, ``metrics.csv``, ``config.yaml``, plots.
+"""Read runs from disk through :mod:`cnf.rundir`: summary, metrics, config, plots, and the
+evaluations kept in each run's ``evals/``. Runs that did not finish are read too: their
+status is ``failed``, ``interrupted``, or ``unfinished`` (marked running, but no live process
+holds them: killed), so a report lists them instead of dropping them.
 
 Only local files are read, so reports work offline and long after the run. A runs folder is
 any folder that holds run directories (a run directory is one with ``summary.json``) at any
@@ -21,9 +24,13 @@ from typing import Any
 import yaml
 
 from cnf.errors import DataError
+from cnf.rundir import INTERRUPTED, RUNNING, UNFINISHED, find_evaluations, find_runs
 
-__all__ = ["Run", "Group", "load_runs", "group_runs", "flatten", "config_differences",
-           "mean_std"]
+__all__ = ["Run", "Group", "Evaluation", "load_runs", "load_evaluations", "group_runs",
+           "flatten", "config_differences", "mean_std", "UNFINISHED_STATUSES"]
+
+# runs that stopped before the end and can be resumed (`cnf fit --resume`)
+UNFINISHED_STATUSES = (RUNNING, UNFINISHED, INTERRUPTED)
 
 # config keys that name or place a run rather than define it
 _IGNORED_PREFIXES = ("run.", "trainer.logger", "trainer.callbacks", "trainer.default_root_dir",
@@ -45,6 +52,7 @@ class Run:
     plots: list[Path] = field(default_factory=list)
     error: str | None = None
     labelled: bool = False  # label given by a suite (not derived from the folder)
+    evaluations: list[Evaluation] = field(default_factory=list)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -82,6 +90,36 @@ class Run:
         if not sps:
             return []
         return [(s, s * float(sps)) for s in range(0, int(steps) + 1, max(1, int(steps) // 50 or 1))]
+
+
+@dataclass
+class Evaluation:
+    """A ``cnf test`` / ``cnf validate`` of a run (``<run>/evals/<name>/``), or of an
+    untrained model / outside checkpoint (``<experiment>/evals/<name>/``)."""
+
+    path: Path
+    summary: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def of_run(self) -> str | None:
+        return self.summary.get("of_run")
+
+    @property
+    def label(self) -> str:
+        """What was evaluated: the checkpoint file name, or ``untrained``."""
+        if self.summary.get("untrained"):
+            return "untrained"
+        ckpt = self.summary.get("checkpoint")
+        return Path(ckpt).name if ckpt else "-"
+
+
+def load_evaluations(root: str | Path) -> list[Evaluation]:
+    """Every evaluation folder under ``root`` (any ``evals/<name>/`` with a summary)."""
+    return [Evaluation(ev.path, ev.read_summary()) for ev in find_evaluations(root)]
 
 
 @dataclass
@@ -173,15 +211,17 @@ def load_runs(root: str | Path) -> list[Run]:
     members = _suite_members(root)
     runs: list[Run] = []
     seen: set[Path] = set()
-    for summary_path in sorted(root.rglob("summary.json")):
-        run_dir = summary_path.parent
+    evaluations: dict[Path, list[Evaluation]] = {}
+    for ev in load_evaluations(root):
+        evaluations.setdefault(ev.path.parent.parent.resolve(), []).append(ev)
+    for record in find_runs(root):
+        run_dir = record.path
         if ".attempts" in run_dir.parts or run_dir.name in ("validate", "test", "predict"):
             continue
-        try:
-            summary = json.loads(summary_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        config = _read_yaml(run_dir / "config.yaml")
+        summary = record.read_summary()
+        if not summary and record.summary_path.exists():
+            continue  # unreadable
+        config = _read_yaml(record.config)
         member = members.get(run_dir.resolve(), {})
         seed = config.get("seed_everything")
         # a suite member keeps its label; other runs are named by their experiment folder
@@ -190,11 +230,12 @@ def load_runs(root: str | Path) -> list[Run]:
             path=run_dir, label=str(label), labelled=bool(member),
             data=str(member.get("data") or summary.get("data") or "-"),
             seed=int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else member.get("seed"),
-            status=str(summary.get("status", "unknown")),
+            status=str(record.state or "unknown"),
             summary=summary, config=config,
-            history=_read_metrics(run_dir / "metrics.csv"),
-            plots=sorted((run_dir / "plots").glob("*.png")) if (run_dir / "plots").is_dir() else [],
+            history=_read_metrics(record.metrics),
+            plots=sorted(record.plots.glob("*.png")) if record.plots.is_dir() else [],
             error=summary.get("error") or member.get("error"),
+            evaluations=evaluations.get(run_dir.resolve(), []),
         ))
         seen.add(run_dir.resolve())
     for run_dir, m in members.items():

@@ -29,6 +29,11 @@ recomputes it and checks U2/U3 against their closed forms).
 
 A target from any Python function: :class:`CallableTarget` takes an import path
 ``"package.module:function"`` to a function ``U(z: Tensor[B, D]) -> Tensor[B]``.
+
+A trained density as the target (probability density distillation, van den Oord et al.
+2018): :class:`DensityTarget` loads a finished MAF / NSF / FFJORD / … run and uses
+``U(z) = −log p_teacher(z)`` with ``log Z = 0``, so the VI module's ``kl`` is exactly
+``KL(student ‖ teacher)``; the teacher is frozen.
 """
 
 from __future__ import annotations
@@ -36,15 +41,16 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from cnf.errors import ConfigError, ShapeError
+from cnf.errors import ConfigError, DataError, ShapeError
 
 __all__ = [
     "Target", "EnergyTarget", "CallableTarget", "ENERGIES", "energy_u1", "energy_u2",
-    "energy_u3", "energy_u4", "grid_log_z", "load_callable",
+    "energy_u3", "energy_u4", "grid_log_z", "load_callable", "DensityTarget",
 ]
 
 
@@ -62,8 +68,10 @@ def _w3(z: Tensor) -> Tensor:
 
 
 def _neg_log_sum_exp2(a: Tensor, b: Tensor) -> Tensor:
-    """``-ln(e^a + e^b)``, computed stably."""
-    return -torch.logaddexp(a, b)
+    """``-ln(e^a + e^b)``, computed stably. ``logsumexp`` rather than ``logaddexp``: the
+    second derivative of ``torch.logaddexp`` is NaN once ``e^a`` and ``e^b`` underflow (U1 at
+    ``z1 = 10``), and Hamiltonian / Langevin flows differentiate ``∇U``."""
+    return -torch.logsumexp(torch.stack([a, b]), dim=0)
 
 
 def energy_u1(z: Tensor) -> Tensor:
@@ -269,3 +277,96 @@ def grid_log_z(target: Target, extent: float = 7.0, n: int = 2001,
     pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
     parts = [torch.logsumexp(-target.energy(c), 0) for c in pts.split(chunk)]
     return float(torch.logsumexp(torch.stack(parts), 0) + 2 * math.log(h))
+
+
+def _resolve_checkpoint(ckpt: str | Path) -> tuple[Path, Path]:
+    """``(config.yaml, checkpoint)`` of a checkpoint file, a run directory, or an experiment
+    directory (its newest finished run)."""
+    from cnf.rundir import RunDir, find_runs, run_dir_of_checkpoint
+
+    path = Path(ckpt)
+    if path.is_file():
+        run = run_dir_of_checkpoint(path)
+        if run is None or not run.config.exists():
+            raise ConfigError(f"checkpoint {path} is not inside a run directory with its config "
+                              f"(runs/<experiment>/<run>/checkpoints/); pass the run directory")
+        return run.config, path
+    run = RunDir(path)
+    if not run.is_run:
+        runs = [r for r in find_runs(path) if r.is_finished] if path.is_dir() else []
+        if not runs:
+            raise DataError(f"no finished run at {path}: train the teacher first (e.g. `cnf fit "
+                            f"--config configs/experiment/toy_maf.yaml`) and pass its run "
+                            f"directory, its experiment directory or a checkpoint")
+        run = max(runs, key=lambda r: r.path.name)
+    found = run.best_or_last_checkpoint()
+    if found is None or not run.config.exists():
+        raise DataError(f"run {run.path} has no checkpoint or config; was it finished?")
+    return run.config, found
+
+
+def _load_density(ckpt: str | Path) -> nn.Module:
+    """Rebuild ``model.init_args.density`` of a run from its config and load its weights
+    (``torch.load(weights_only=True)``: no unpickling of arbitrary objects)."""
+    import yaml
+    from jsonargparse import ArgumentParser
+
+    config, ckpt_path = _resolve_checkpoint(ckpt)
+    cfg = yaml.safe_load(config.read_text())
+    try:
+        density_cfg = cfg["model"]["init_args"]["density"]
+    except (KeyError, TypeError):
+        raise ConfigError(f"the run at {config.parent} has no model.init_args.density; "
+                          f"DensityTarget needs a density-estimation run") from None
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(nn.Module, "density")
+    density = parser.instantiate(parser.parse_object({"density": density_cfg})).density
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+    prefix = "density."
+    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    density.load_state_dict(own)
+    return density
+
+
+class DensityTarget(Target):
+    """A trained density ``p_teacher`` as the target: ``U(z) = −log p_teacher(z)``,
+    ``log Z = 0`` (the teacher is normalized), so ``kl`` in the VI logs is
+    ``KL(q ‖ p_teacher)``. The teacher is frozen (no gradients, always in eval mode).
+
+    Args:
+        ckpt: a checkpoint file inside a run, a run directory (``runs/toy_maf/<run>``) or an
+            experiment directory (``runs/toy_maf``: its newest finished run).
+        extent: half-width of the plotting square (2D).
+        name: a short name (default ``"teacher"``).
+
+    Example (needs a trained run)::
+
+        target = DensityTarget("runs/toy_maf")          # then ReverseKL(student, target)
+    """
+
+    def __init__(self, ckpt: str, extent: float = 4.0, name: str = "teacher"):
+        super().__init__()
+        teacher = _load_density(ckpt)
+        teacher.eval()
+        teacher.requires_grad_(False)
+        shape = tuple(getattr(teacher, "event_shape", ()))
+        if len(shape) != 1:
+            raise ConfigError(f"DensityTarget needs a vector density; the teacher's event shape "
+                              f"is {list(shape)}")
+        self.teacher = teacher
+        self.dim, self.log_z, self.extent, self.name = shape[0], 0.0, float(extent), name
+        self.ckpt = str(ckpt)
+
+    def train(self, mode: bool = True) -> DensityTarget:
+        super().train(mode)
+        self.teacher.eval()  # batch-norm statistics of the teacher never move
+        return self
+
+    def energy(self, z: Tensor) -> Tensor:
+        if z.ndim != 2 or z.shape[1] != self.dim:
+            raise ShapeError(f"target {self.name!r} is defined on [batch, {self.dim}]; "
+                             f"got {list(z.shape)}")
+        return -self.teacher.log_prob(z)
+
+    def extra_repr(self) -> str:
+        return f"ckpt={self.ckpt}, dim={self.dim}"

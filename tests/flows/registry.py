@@ -330,3 +330,37 @@ CASES: dict[str, Case] = {
                        shapes=IMAGE_SHAPES, inputs=_shifted_inputs),
     "glow_vector": Case(lambda s: perturb(Glow(s[0], steps=3, hidden=16)), inputs=_shifted_inputs),
 }
+
+# Flow++ (logistic-mixture CDF couplings; bisection inverse to 1e-12 in float64 + a Newton step)
+def _flowpp(shape):
+    from cnf.flows.flowpp import FlowPP
+
+    return perturb(FlowPP(shape[0], num_layers=3, components=3, hidden=16, actnorm=True), 0.3)
+
+
+def _flowpp_image(mask):
+    from cnf.flows.flowpp import ImageMixtureLogisticCoupling
+
+    return lambda s: perturb(ImageMixtureLogisticCoupling(s[0], mask, parity=1, components=3,
+                                                          hidden=8), 0.1)
+
+
+CASES["flowpp"] = Case(_flowpp, inputs=_wide_inputs, inverse_atol=1e-9)
+CASES["flowpp_checkerboard"] = Case(_flowpp_image("checkerboard"), shapes=((1, 4, 4), (2, 3, 3)),
+                                    inverse_atol=1e-9)
+CASES["flowpp_channel"] = Case(_flowpp_image("channel"), shapes=IMAGE_SHAPES, inverse_atol=1e-9)
+CASES["flowpp_image"] = Case(lambda s: perturb(__import__("cnf.flows.flowpp", fromlist=["x"])
+                                               .FlowPPImage(s, scales=2, components=2, hidden=8), 0.05),
+                             shapes=((1, 4, 4),), inputs=_shifted_inputs, inverse_atol=1e-9)
+
+# Hamiltonian flow with a learned potential on (z, ρ): volume preserving (log-det exactly 0,
+# hence the "volume_preserving" prefix the harness knows), and with tempering (log-det ≠ 0)
+def _hamiltonian(tempering):
+    from cnf.flows.hamiltonian import HamiltonianFlow
+
+    return lambda s: perturb(HamiltonianFlow(s[0], steps=3, step_size=0.3, tempering=tempering,
+                                             hidden=16), 0.3)
+
+
+CASES["volume_preserving_hamiltonian"] = Case(_hamiltonian(False), shapes=((2,), (4,)))
+CASES["hamiltonian_tempered"] = Case(_hamiltonian(True), shapes=((2,), (4,)))

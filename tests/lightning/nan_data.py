@@ -16,3 +16,13 @@ class NaNAfterFirstEpoch(ToyDataModule):
             self.train_set = bad
             return super(ToyDataModule, self).train_dataloader()
         return super().train_dataloader()
+
+
+class NaNFromStart(ToyDataModule):
+    """A NaN row in every training batch from the first step: fit fails before any checkpoint."""
+
+    def train_dataloader(self):
+        bad = self.make_split("train").clone()
+        bad[:: self.batch_size // 2, 0] = float("nan")
+        self.train_set = bad
+        return super().train_dataloader()

@@ -1,0 +1,82 @@
+"""Hamiltonian flows (cnf/flows/hamiltonian.py): exact volume preservation, reversibility by
+momentum flip, second-order energy error. The contract harness checks log-dets against
+brute-force Jacobians and round trips (entries ``volume_preserving_hamiltonian`` and
+``hamiltonian_tempered``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cnf.errors import ConfigError, ShapeError
+from cnf.flows.hamiltonian import HamiltonianFlow, MLPPotential
+
+
+def _anharmonic(z):
+    return 0.5 * z.pow(2).sum(1) + 0.1 * z.pow(4).sum(1) + torch.sin(z).prod(1)
+
+
+def _brute_logdet(fn, x):
+    out = []
+    for xi in x:
+        jac = torch.autograd.functional.jacobian(lambda v: fn(v[None])[0], xi)
+        out.append(torch.linalg.slogdet(jac)[1])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("potential", [_anharmonic, None], ids=["analytic", "learned"])
+def test_leapfrog_map_is_exactly_volume_preserving(potential):
+    """log|det| of the 10-step leapfrog map in float64: |·| < 1e-12 (measured ~1e-15)."""
+    torch.manual_seed(0)
+    flow = HamiltonianFlow(6, potential=potential, steps=10, step_size=0.4).double()
+    x = 1.5 * torch.randn(5, 6, dtype=torch.float64)
+    for fn in (lambda v: flow(v)[0], lambda v: flow.inverse(v)[0]):
+        ld = _brute_logdet(fn, x)
+        assert ld.abs().max() < 1e-12
+    z, logdet = flow(x)
+    assert (z - x).abs().max() > 0.1 and torch.equal(logdet, torch.zeros(5, dtype=torch.float64))
+
+
+def test_reversible_by_momentum_flip():
+    """K steps, flip ρ, K more steps: back at (z₀, −ρ₀) to 1e-12 in float64."""
+    flow = HamiltonianFlow(4, potential=_anharmonic, steps=8, step_size=0.3).double()
+    x = torch.randn(16, 4, dtype=torch.float64)
+    y, _ = flow.inverse(x)
+    y_flip = torch.cat([y[:, :2], -y[:, 2:]], 1)
+    back, _ = flow.inverse(y_flip)
+    torch.testing.assert_close(back, torch.cat([x[:, :2], -x[:, 2:]], 1), atol=1e-12, rtol=0)
+
+
+def test_energy_error_is_second_order():
+    """Same total time T = 2 with ε and ε/2: the max energy error falls by ≈ 4 (order 2).
+    Measured ratios 3.9–4.0; asserted 3.5–4.5."""
+    x = torch.randn(64, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    errors = []
+    for eps in (0.1, 0.05):
+        flow = HamiltonianFlow(4, potential=_anharmonic, steps=round(2 / eps), step_size=eps).double()
+        with torch.no_grad():
+            y, _ = flow.inverse(x)
+        errors.append((flow.hamiltonian(y) - flow.hamiltonian(x)).abs().max())
+    assert 3.5 < float(errors[0] / errors[1]) < 4.5
+
+
+def test_tempering_logdet_is_half_d_log_beta0():
+    flow = HamiltonianFlow(6, potential=_anharmonic, steps=4, tempering=True, beta0=0.3).double()
+    _, logdet = flow.inverse(torch.randn(3, 6, dtype=torch.float64))
+    torch.testing.assert_close(logdet, torch.full((3,), 1.5 * torch.log(torch.tensor(0.3)).item(),
+                                                  dtype=torch.float64))
+
+
+def test_learned_potential_is_confining():
+    pot = MLPPotential(2, hidden=8)
+    far = torch.tensor([[50.0, -50.0]])
+    assert pot(far) > pot(torch.zeros(1, 2))
+
+
+def test_errors_name_the_fix():
+    with pytest.raises(ConfigError, match="even"):
+        HamiltonianFlow(3)
+    with pytest.raises(ConfigError, match="beta0"):
+        HamiltonianFlow(2, tempering=True, beta0=1.5)
+    with pytest.raises(ShapeError, match="batch, 4"):
+        HamiltonianFlow(4)(torch.randn(2, 2))

@@ -1,0 +1,94 @@
+"""Stochastic normalizing flows (cnf/vi/snf.py) and Hamiltonian VI (cnf/lightning/vi.py):
+the path importance weight is unbiased for Z, and the extended-space ELBO is a lower bound."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cnf.distributions import Density, StandardNormal
+from cnf.errors import ConfigError
+from cnf.flows.coupling import RealNVP
+from cnf.lightning.vi import HamiltonianVI, StochasticFlowVI
+from cnf.vi.snf import LangevinLayer, StochasticFlow
+from cnf.vi.targets import EnergyTarget
+
+
+def _perturbed_realnvp(seed=0, scale=0.2):
+    torch.manual_seed(seed)
+    flow = RealNVP(2, num_layers=4, hidden=16)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return flow
+
+
+@pytest.mark.parametrize("mala", [False, True], ids=["ula", "mala"])
+def test_path_weight_is_unbiased_for_z_on_u1(mala):
+    """E[w] = Z: the mean weight of 200k paths (RealNVP + 2 Langevin layers, untrained) vs the
+    grid Z of U1, within 4 standard errors. Measured |error| / SE: 1.2 (ULA), 0.8 (MALA); SE
+    2.5 % (ULA), 5.3 % (MALA) of Z."""
+    target = EnergyTarget("u1")
+    snf = StochasticFlow(_perturbed_realnvp(), StandardNormal(2), every=2, langevin_steps=2,
+                         step_size=0.05, mala=mala)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        w = []
+        for _ in range(4):
+            z, log_q = snf.sample_and_log_q(50_000, target.energy)
+            w.append(torch.exp(-target.energy(z) - log_q).double())
+        w = torch.cat(w)
+    z_ref = math.exp(target.log_z)
+    se = float(w.std() / math.sqrt(len(w)))
+    assert abs(float(w.mean()) - z_ref) < 4 * se, (float(w.mean()), z_ref, se)
+    assert se < 0.1 * z_ref  # the check has power
+
+
+def test_langevin_steps_move_towards_the_target():
+    """ULA from N(0, I) on U1: the mean energy falls (measured 5.60 → 0.86 after 50 steps)."""
+    target = EnergyTarget("u1")
+    torch.manual_seed(0)
+    z = torch.randn(4000, 2)
+    before = target.energy(z).mean()
+    with torch.no_grad():
+        z, _ = LangevinLayer(1.0, 0.02, steps=50)(z, target.energy)
+    assert target.energy(z).mean() < before - 3
+
+
+def test_hamiltonian_elbo_is_below_grid_log_z_on_u1():
+    """The extended-space ELBO (100k samples, untrained q₀ + 5 leapfrog steps) is below the grid
+    log Z by more than 5 standard errors; the importance-sampled log Z is close to it."""
+    model = HamiltonianVI(Density(_perturbed_realnvp(), StandardNormal(2)), EnergyTarget("u1"),
+                          steps=5, step_size=0.1, eval_samples=100_000, plot=False)
+    torch.manual_seed(0)
+    _, log_q, energy = model.draw(100_000)
+    elbo = -(log_q + energy).double()
+    se = float(elbo.std() / math.sqrt(len(elbo)))
+    assert float(elbo.mean()) + 5 * se < model.target.log_z
+    est = model.estimates(100_000)
+    assert abs(est["log_z"] - model.target.log_z) < 0.3
+
+
+def test_snf_module_trains_and_logs_finite_estimates():
+    model = StochasticFlowVI(Density(RealNVP(2, num_layers=2, hidden=8), StandardNormal(2)),
+                             EnergyTarget("u2"), every=1, step_size=0.02, mala=True,
+                             num_samples=64, eval_samples=2000, plot=False)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    for _ in range(3):
+        z, log_q, energy = model.sample_terms(64)
+        loss = (log_q + energy).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    est = model.estimates()
+    assert all(math.isfinite(v) for v in est.values())
+    assert 0 < model.snf.acceptance() <= 1
+
+
+def test_errors():
+    with pytest.raises(ConfigError, match="step_size"):
+        LangevinLayer(step_size=0.0)
+    with pytest.raises(ConfigError, match="every"):
+        StochasticFlow(RealNVP(2), StandardNormal(2), every=0)
