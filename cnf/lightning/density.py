@@ -7,14 +7,12 @@ import time
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.cli import LRSchedulerCallable as SchedulerFactory
 from lightning.pytorch.cli import OptimizerCallable as OptimizerFactory
 from torch import Tensor
 
 from cnf.distributions import Density
-from cnf.errors import NonFiniteError
-from cnf.flows.base import exact_logdet, gather
+from cnf.flows.base import Flow, exact_logdet
 from cnf.lightning.base import OptimizationMixin
 from cnf.lightning.base import default_adam as _adam
 
@@ -54,6 +52,7 @@ class DensityEstimation(OptimizationMixin, L.LightningModule):
         self.scheduler_factory = lr_scheduler
         self.exact_eval = exact_eval
         self._step_started: float | None = None
+        self._sources: dict[str, list[Flow]] = {}  # sub-flows with stats / extra_losses
         self.save_hyperparameters(ignore=["density", "optimizer", "lr_scheduler"])
 
     # -- helpers -------------------------------------------------------------------------
@@ -75,34 +74,51 @@ class DensityEstimation(OptimizationMixin, L.LightningModule):
             return 0.0
         return float(getattr(dm, "log_prob_offset", 0.0) or 0.0)
 
+    def _gather(self, method: str) -> dict[str, Any]:
+        """``gather(self.density, method)`` over the sub-flows that implement ``method``,
+        found once per fit instead of walking every module at every step."""
+        sources = self._sources.get(method)
+        if sources is None:
+            sources = [m for m in self.density.modules()
+                       if isinstance(m, Flow) and getattr(type(m), method) is not getattr(Flow, method)]
+            self._sources[method] = sources
+        total: dict[str, Any] = {}
+        for m in sources:
+            for key, value in getattr(m, method)().items():
+                total[key] = total[key] + value if key in total else value
+        return total
+
     def _log_stats(self, stage: str, **kw: Any) -> None:
-        for key, value in gather(self.density, "stats").items():
+        for key, value in self._gather("stats").items():
             self.log(f"{stage}/{key}", float(value), **kw)
 
     # -- training ------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        self._sources = {}
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_started = time.perf_counter()
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = self.batch_data(batch)
         nll = -self.density.log_prob(x, self.batch_context(batch)).mean()
-        extra = gather(self.density, "extra_losses")
+        extra = self._gather("extra_losses")
         loss = nll + sum(extra.values()) if extra else nll
-        if not torch.isfinite(loss):
-            raise NonFiniteError(
-                f"the training loss became {float(loss)} at step {self.global_step} "
-                f"(nll={float(nll)}); lower the learning rate (model.optimizer.init_args.lr), "
-                f"clip gradients (trainer.gradient_clip_val), or tighten the ODE tolerances."
-            )
-        # under DDP every rank logs these keys each step: the mean over ranks is logged
-        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
-        self.log("train/nll", nll, sync_dist=True)
-        for name, value in extra.items():
-            self.log(f"train/{name}", value, sync_dist=True)
+        # checked with the gradients before the optimizer step: one host sync per step
+        self.guard_loss(loss, nll=nll)
+        # metrics only on the steps the loggers write (every trainer.log_every_n_steps):
+        # the same logged values, without Lightning's per-call cost on the other steps.
+        # Under DDP every rank logs these keys: the mean over ranks is logged.
+        if self.metrics_logged_this_step():
+            self.log("train/loss", loss.detach(), prog_bar=True, sync_dist=True)
+            self.log("train/nll", nll.detach(), sync_dist=True)
+            for name, value in extra.items():
+                self.log(f"train/{name}", value.detach(), sync_dist=True)
         return loss
 
-
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self.metrics_logged_this_step(after_optimizer_step=True):
+            return
         # counters such as nfe_backward are complete only after the backward pass
         self._log_stats("train", sync_dist=True)  # NFE etc.: mean over DDP ranks
         if self._step_started is not None:

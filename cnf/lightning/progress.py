@@ -169,8 +169,9 @@ class LineProgressBar(ProgressBar):
 
 
 class ElapsedTime(L.Callback):
-    """Log ``time/elapsed_s``: seconds since the start of fit, at every training step (the
-    logger keeps every ``log_every_n_steps``-th value), for curves against wall time."""
+    """Log ``time/elapsed_s``: seconds since the start of fit, on the training steps the
+    loggers write (every ``log_every_n_steps``-th, and the last), for curves against wall
+    time."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -192,6 +193,11 @@ class ElapsedTime(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._t0 is not None:
+        # only on the steps the loggers write (and the last): a `log` call costs about as
+        # much as a small model's step would save (experiments/bench/bench_overhead.py)
+        step, every = trainer.global_step, trainer.log_every_n_steps
+        due = (bool(every and step % every == 0) or trainer.should_stop
+               or 0 < (trainer.max_steps or 0) <= step)
+        if self._t0 is not None and due:
             pl_module.log("time/elapsed_s", self.elapsed(), on_step=True,
                           on_epoch=False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from cnf.errors import ConfigError
+from cnf.numerics import sample_probes  # the one probe sampler (re-exported here)
 
 __all__ = ["divergence_exact", "divergence_hutchinson", "divergence_from_jvp", "sample_probes"]
 
@@ -72,13 +72,3 @@ def divergence_from_jvp(
     frob = jv.pow(2).sum(-1).mean(0) if frobenius else None
     return div, frob
 
-
-def sample_probes(kind: str, n: int, like: Tensor) -> Tensor:
-    """``n`` probe vectors shaped like ``like`` (stacked: ``[n, *like.shape]``), with
-    ``E[εεᵀ] = I``: ``rademacher`` (±1) or ``gaussian`` (N(0, I))."""
-    shape = (n, *like.shape)
-    if kind == "gaussian":
-        return torch.randn(shape, dtype=like.dtype, device=like.device)
-    if kind == "rademacher":
-        return torch.randint(0, 2, shape, device=like.device).to(like.dtype) * 2 - 1
-    raise ConfigError(f"unknown probe distribution {kind!r}; choose 'rademacher' or 'gaussian'")

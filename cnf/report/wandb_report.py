@@ -56,6 +56,8 @@ def build_spec(runs: list[Run], *, project: str = "cnf", entity: str | None = No
     """
     by_group: dict[str, list[Run]] = {}
     for r in runs:
+        if not r.config:  # failed before its config was saved: it never reached W&B
+            continue
         by_group.setdefault(_group_of(r), []).append(r)
     sections: list[dict[str, Any]] = []
     for group, members in by_group.items():
