@@ -1,6 +1,6 @@
-"""The ``cnf`` command: Lightning CLI subcommands ``fit | validate | test | predict``, plus
-``compare`` (run an experiment suite, :mod:`cnf.compare`) and ``report`` (comparison report
-from finished runs, :mod:`cnf.report`).
+"""Lightning CLI subcommands of the ``cnf`` command: ``fit | validate | test | predict``.
+The command's dispatcher is :mod:`cnf.__main__` (it also runs ``compare``, ``report`` and
+``evaluate`` without importing this module).
 
     cnf fit --config configs/experiment/toy_realnvp.yaml --trainer.max_steps 1000
     cnf fit --config configs/experiment/toy_realnvp.yaml --print_config
@@ -71,7 +71,7 @@ from cnf.lightning.predictions import PredictionWriter
 from cnf.lightning.progress import ElapsedTime, LineProgressBar
 from cnf.rundir import INTERRUPTED, RunDir, run_dir_of_checkpoint
 
-__all__ = ["CNFCLI", "RunOptions", "run", "main", "default_run_name", "SUBCOMMANDS"]
+__all__ = ["CNFCLI", "RunOptions", "run", "main", "default_run_name"]
 
 class _DropAdvertising(logging.Filter):
     """Lightning logs a 'try litlogger' tip on every run; keep logs about the run."""
@@ -654,40 +654,10 @@ def run(args: list[str] | None = None, **kwargs: Any) -> CNFCLI:
         raise
 
 
-# subcommands of our own, dispatched before LightningCLI: name -> (module, help)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "compare": ("cnf.compare", "run an experiment suite, then write its report"),
-    "report": ("cnf.report", "write a comparison report from finished runs"),
-    "evaluate": ("cnf.evaluate", "sample, interpolate, anomaly scores, inpaint, exact NLL of a run"),
-}
-
-
-def _dispatch(name: str, argv: list[str]) -> None:
-    import importlib
-
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    try:
-        status = module.main(argv)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except CNFError as exc:
-        if os.environ.get("CNF_DEBUG"):
-            raise
-        print(f"cnf {name}: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(status if isinstance(status, int) else 0)
-
-
 def main(args: list[str] | None = None) -> None:
-    """Console entry point ``cnf``."""
-    argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in SUBCOMMANDS:
-        _dispatch(argv[0], argv[1:])
-    if argv and argv[0] in ("-h", "--help"):
-        print("cnf subcommands of our own (see `cnf <name> --help`):")
-        for name, (_, text) in SUBCOMMANDS.items():
-            print(f"  {name:10s} {text}")
-        print()
+    """The Lightning subcommands ``fit | validate | test | predict`` (``args``: from
+    ``sys.argv[1:]`` when None). The ``cnf`` command itself is :mod:`cnf.__main__`, which
+    dispatches ``compare``/``report``/``evaluate`` and hands everything else to this."""
     if "OMP_NUM_THREADS" in os.environ:
         import torch
 
@@ -720,6 +690,3 @@ def main(args: list[str] | None = None) -> None:
               f"  cnf fit --resume {run_dir}", file=sys.stderr)
         sys.exit(128 + int(signum))
 
-
-if __name__ == "__main__":
-    main()

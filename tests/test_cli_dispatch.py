@@ -1,11 +1,12 @@
-"""`cnf` entry point: subcommand dispatch and run names shared by all processes."""
+"""`cnf` entry point (cnf/__main__.py): subcommand dispatch; cnf.cli: run names shared by all processes."""
 
 import os
 import time
 
 import pytest
 
-from cnf.cli import SUBCOMMANDS, default_run_name, main
+from cnf.__main__ import SUBCOMMANDS, main
+from cnf.cli import default_run_name
 from cnf.errors import ConfigError
 
 
