@@ -69,6 +69,9 @@ class Case:
     logdet_atol: float = 1e-7
     # flows whose inverse is only computed to a tolerance may loosen inverse_atol
     extra: dict = field(default_factory=dict)
+    # contract tests (function names in test_contract.py) too slow for `make test-fast` on
+    # this case: marked slow, so they run in `make test` only
+    slow: tuple[str, ...] = ()
 
 
 def _coupling(shape):
@@ -257,7 +260,10 @@ CASES: dict[str, Case] = {
     "cnf_hutchinson_learned_T": Case(_cnf_hutch_T, shapes=((2,),)),
     "ffjord": Case(_ffjord, shapes=((2,), (3,)), inputs=_shifted_inputs),
     "image_cnf": Case(_image_cnf, shapes=((2, 2, 2),)),
-    "ffjord_multiscale": Case(_ffjord_multiscale, shapes=((1, 4, 4), (2, 4, 4))),
+    "ffjord_multiscale": Case(_ffjord_multiscale, shapes=((1, 4, 4), (2, 4, 4)),
+                              # 12-160 s together on a loaded 2-core machine
+                              slow=("test_logdet_matches_brute_force_jacobian",
+                                    "test_samples_are_independent")),
     # elementwise
     "elementwise_affine": Case(lambda s: perturb(ElementwiseAffine(s)), shapes=((3,), (2, 3, 3))),
     "leaky_relu": Case(_leaky_relu_chain),

@@ -19,11 +19,17 @@ from cnf.flows.base import exact_logdet
 
 from .registry import CASES
 
-PARAMS = [
-    pytest.param(name, shape, id=f"{name}-{'x'.join(map(str, shape))}")
-    for name, case in CASES.items()
-    for shape in case.shapes
-]
+
+def contract(test):
+    """Parametrize ``test`` over every registered case and shape; the (case, test) pairs a
+    case lists in ``Case.slow`` are marked slow."""
+    params = [
+        pytest.param(name, shape, id=f"{name}-{'x'.join(map(str, shape))}",
+                     marks=(pytest.mark.slow,) if test.__name__ in case.slow else ())
+        for name, case in CASES.items()
+        for shape in case.shapes
+    ]
+    return pytest.mark.parametrize("name,shape", params)(test)
 
 
 def make(name, shape):
@@ -50,7 +56,7 @@ def brute_logdet(fn, x):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("name,shape", PARAMS)
+@contract
 def test_invertible_both_ways(name, shape):
     case, flow = make(name, shape)
     x = case.inputs(16, shape)
@@ -65,7 +71,7 @@ def test_invertible_both_ways(name, shape):
     assert (z - x).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("name,shape", PARAMS)
+@contract
 def test_logdet_matches_brute_force_jacobian(name, shape):
     case, flow = make(name, shape)
     x = case.inputs(4, shape)
@@ -82,7 +88,7 @@ def test_logdet_matches_brute_force_jacobian(name, shape):
     assert expected_fwd.abs().max() > 1e-4 or name.startswith("volume_preserving")
 
 
-@pytest.mark.parametrize("name,shape", PARAMS)
+@contract
 def test_forward_and_inverse_logdets_cancel(name, shape):
     case, flow = make(name, shape)
     x = case.inputs(16, shape)
@@ -92,7 +98,7 @@ def test_forward_and_inverse_logdets_cancel(name, shape):
     torch.testing.assert_close(ld_f + ld_i, torch.zeros_like(ld_f), atol=case.logdet_atol * 10, rtol=0)
 
 
-@pytest.mark.parametrize("name,shape", PARAMS)
+@contract
 def test_samples_are_independent(name, shape):
     """The Jacobian of the whole batch is block diagonal: no sample sees another."""
     case, flow = make(name, shape)
@@ -112,7 +118,7 @@ def test_samples_are_independent(name, shape):
     torch.testing.assert_close(ld_all[1:2], ld_one, atol=case.logdet_atol, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name,shape", PARAMS)
+@contract
 def test_gradients_reach_every_parameter(name, shape):
     case, flow = make(name, shape)
     flow.train()
@@ -125,7 +131,7 @@ def test_gradients_reach_every_parameter(name, shape):
     assert all(torch.isfinite(p.grad).all() for p in flow.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize("name,shape", PARAMS)
+@contract
 def test_state_dict_round_trip(name, shape):
     case, flow = make(name, shape)
     x = case.inputs(8, shape)
@@ -141,3 +147,10 @@ def test_state_dict_round_trip(name, shape):
         z2, ld2 = fresh(x)
     torch.testing.assert_close(z2, z1)
     torch.testing.assert_close(ld2, ld1)
+
+
+def test_slow_marks_name_contract_tests():
+    """A misspelt name in ``Case.slow`` would silently mark nothing."""
+    tests = {n for n, v in globals().items() if n.startswith("test_") and callable(v)}
+    for name, case in CASES.items():
+        assert set(case.slow) <= tests, f"{name}: Case.slow names no test of {sorted(tests)}"
