@@ -19,8 +19,13 @@ figures are CPU ms per call (or per function evaluation, NFE), medians of interl
   right-hand side on a packed ``[B, D+1]`` state, dopri5 and tsit5 at the same tolerances,
   per-sample step control (no coupling of the batch).
 
+With ``--against REV`` the ``odeint_cnf`` rows are also timed with ``cnf/ode/solve.py`` as
+it was at git revision REV (loaded from ``git show`` as a separate module, same field, same
+process, interleaved), after checking that both give the same NFE and log-dets.
+
 Usage:
     python experiments/bench/bench_nfe.py              # ~2 min idle
+    python experiments/bench/bench_nfe.py --against HEAD~1 --only odeint_cnf
     python experiments/bench/bench_nfe.py --rounds 3 --train-steps 20
 """
 
@@ -62,12 +67,72 @@ def _timeit(fn: Callable[[], object], reps: int) -> float:
     return 1000 * (time.process_time() - t0) / reps
 
 
+def _solve_at(rev: str):
+    """``cnf/ode/solve.py`` as of git revision ``rev``, imported as its own module."""
+    import importlib.util
+    import subprocess
+    import sys
+    import tempfile
+
+    src = subprocess.run(["git", "show", f"{rev}:cnf/ode/solve.py"], check=True,
+                         capture_output=True, text=True).stdout
+    path = os.path.join(tempfile.mkdtemp(), "solve_old.py")
+    with open(path, "w") as f:
+        f.write(src)
+    spec = importlib.util.spec_from_file_location("cnf_ode_solve_old", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _old_rows(old, net, end, z, rk4, dopri) -> dict[str, Callable[[], int]]:
+    """The odeint_cnf rows with the old module; checks NFE and log-dets against the current."""
+    cfgs = {"rk4": old.SolverConfig(method="rk4", step_size=0.125, adjoint=False),
+            "dopri": old.SolverConfig(method="dopri5", rtol=1e-5, atol=1e-5, adjoint=True)}
+    for key, new_cfg in (("rk4", rk4), ("dopri", dopri)):
+        c_old, c_new = old.NFECounter(), NFECounter()
+        with torch.no_grad():
+            _, ld_old, _ = old.odeint_cnf(net, z, end, cfgs[key], counter=c_old)
+            _, ld_new, _ = odeint_cnf(net, z, end, new_cfg, counter=c_new)
+        assert c_old.forward == c_new.forward, (key, c_old, c_new)
+        torch.testing.assert_close(ld_old, ld_new, rtol=1e-6, atol=1e-6)
+        print(f"# {key}: same NFE ({c_new.forward}) and log-dets as the old solve", flush=True)
+
+    def ev(cfg):
+        def go():
+            c = old.NFECounter()
+            with torch.no_grad():
+                old.odeint_cnf(net, z, end, cfg, counter=c)
+            return c.forward
+        return go
+
+    def train_rk4():
+        c = old.NFECounter()
+        zz, logdet, _ = old.odeint_cnf(net, z, end, cfgs["rk4"], counter=c)
+        (zz.pow(2).sum() - logdet.sum()).backward()
+        return c.forward
+
+    def train_dopri():
+        c = old.NFECounter()
+        zz, logdet, _ = old.odeint_cnf(net, z, end, cfgs["dopri"], counter=c)
+        (zz.pow(2).sum() - logdet.sum()).backward()
+        return c.forward + c.backward
+
+    return {"odeint_cnf eval rk4": ev(cfgs["rk4"]), "odeint_cnf eval dopri5": ev(cfgs["dopri"]),
+            "odeint_cnf train rk4 fwd+bwd": train_rk4,
+            "odeint_cnf train dopri5 adjoint (per fwd+bwd NFE)": train_dopri}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=200, help="calls per round, per component")
     ap.add_argument("--train-steps", type=int, default=60,
                     help="quick warm-up training steps so NFE counts are not those of an untrained field")
+    ap.add_argument("--against", metavar="REV", default=None,
+                    help="also time the odeint_cnf rows with cnf/ode/solve.py of this git revision")
+    ap.add_argument("--only", default=None, help="only the components whose name contains this")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -221,10 +286,16 @@ def main() -> None:
         "odeint_cnf train rk4 fwd+bwd": (cnf_train_rk4, True),
         "odeint_cnf train dopri5 adjoint (per fwd+bwd NFE)": (cnf_train_dopri5_adjoint, True),
     }
+    if args.against:
+        old = _solve_at(args.against)
+        for name, fn in _old_rows(old, net, end, z, rk4, dopri).items():
+            comps[f"{name} [{args.against}]"] = (fn, True)
     if torchode is not None:
         comps["torchode eval dopri5"] = (torchode_eval("dopri5"), True)
         comps["torchode eval tsit5"] = (torchode_eval("tsit5"), True)
         comps["torchode train dopri5 backprop (per fwd NFE)"] = (torchode_train("dopri5"), True)
+    if args.only:
+        comps = {k: v for k, v in comps.items() if args.only in k}
     times: dict[str, list[float]] = {k: [] for k in comps}
     nfes: dict[str, int] = {}
     for name, (fn, is_solve) in comps.items():  # warm-up (and torchode's first-call cost)

@@ -123,7 +123,11 @@ def cnf_fit(name: str, steps: int, root: str, tag: str,
 def _build(name: str, steps: int, root: str):
     """The config's model and data module, seeded as ``cnf fit`` seeds them."""
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        cli = cnf_run(_args(name, steps, root, "plain"), run=False)
+        # a fit of zero steps: the model and data module exactly as `cnf fit` seeds and
+        # builds them (the CLI's own preparation needs the fit subcommand)
+        cli = cnf_run(["fit", *_args(name, steps, root, "plain"), "--trainer.max_steps=0",
+                       "--trainer.num_sanity_val_steps=0"])
+        cli.datamodule.setup("fit")
     return cli.model, cli.datamodule, cli.trainer.val_check_interval
 
 
