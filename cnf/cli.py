@@ -277,10 +277,12 @@ class CNFCLI(LightningCLI):
         self.predictions_path: Path | None = None
         self._created: list[Path | None] = []  # folders this process made (removed if nothing ran)
         self._locked: RunDir | None = None
-        if cfg.get("weights_only") is None:
+        if self.subcommand is not None and cfg.get("weights_only") is None:
             cfg.weights_only = True  # a checkpoint cannot run code unless trusted explicitly
         if self.subcommand == "fit":
             self._prepare_fit(cfg, opts)
+        elif self.subcommand is None:  # run(args, run=False): a script builds the objects
+            self._prepare_build(opts)
         else:
             self._prepare_evaluation(cfg, opts)
         self.run_dir = self.run.path
@@ -317,6 +319,15 @@ class CNFCLI(LightningCLI):
         self._locked = self.run
         if note:
             print(f"cnf: {note}", file=sys.stderr)
+
+    def _prepare_build(self, opts: Any) -> None:
+        """``run(args, run=False)``: a script (a benchmark, ``experiments/gpu_check.py``) builds
+        the model, data and trainer of a config. Nothing runs, so no run directory is claimed,
+        locked or written; the paths only name where a fit would go."""
+        self.run_name = opts.name or default_run_name()
+        self.run = RunDir(Path(opts.root) / self.experiment / self.run_name)
+        self.run_extra = {"kind": "build", "experiment": self.experiment, "run": self.run_name}
+        self.save_config_kwargs = {"target": None}
 
     def _prepare_evaluation(self, cfg: Any, opts: Any) -> None:
         stage = self.subcommand
@@ -407,7 +418,7 @@ class CNFCLI(LightningCLI):
             config["default_root_dir"] = str(self.run.path)
             extra.append(PredictionWriter(self.predictions_path, extra=self.run_extra))
         else:
-            target = self.run if self.subcommand == "fit" else self.eval_dir
+            target = self.run if self.subcommand in ("fit", None) else self.eval_dir
             loggers: list = [RunCSVLogger(target)]  # first: it owns the folder (log_dir)
             wb = (self._wandb_logger() if self.subcommand == "fit"
                   and config.get("logger", True) is not False else None)
