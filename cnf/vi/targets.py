@@ -374,5 +374,10 @@ class DensityTarget(Target):
                              f"got {list(z.shape)}")
         return -self.teacher.log_prob(z)
 
+    def sample(self, n: int) -> Tensor:
+        """``n`` samples of the teacher (for the forward path KL of a stochastic flow)."""
+        with torch.no_grad():
+            return self.teacher.sample(n)
+
     def extra_repr(self) -> str:
         return f"ckpt={self.ckpt}, dim={self.dim}"
