@@ -44,10 +44,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from cnf.errors import ConfigError, ShapeError
-from cnf.flows.base import Flow
+from cnf.flows.base import Chain, Flow
+from cnf.flows.linear import LULinear
 from cnf.flows.nets import MLP
+from cnf.flows.normalization import ActNorm
 
-__all__ = ["HamiltonianFlow", "MLPPotential", "leapfrog"]
+__all__ = ["HamiltonianFlow", "HamiltonianStack", "MLPPotential", "leapfrog"]
 
 
 class MLPPotential(nn.Module):
@@ -164,3 +166,28 @@ class HamiltonianFlow(Flow):
         """``U(z) + ½‖ρ‖²`` per sample, ``[B]``."""
         q, rho = self._split(x)
         return self.potential(q) + 0.5 * rho.pow(2).sum(1)
+
+
+class HamiltonianStack(Chain):
+    """A density-estimation flow from Hamiltonian flows with learned potentials: ``blocks``
+    times (data side first) ActNorm, an LU-decomposed linear map (mixes the features into
+    position and momentum and scales the volume) and a :class:`HamiltonianFlow` of ``steps``
+    leapfrog steps (volume preserving, or with ``tempering`` a learned momentum scaling).
+
+    Args:
+        dim: feature dimension (even: half position, half momentum).
+        blocks: number of (ActNorm, LULinear, HamiltonianFlow) blocks.
+        steps, step_size, tempering, hidden, depth: each block's :class:`HamiltonianFlow`.
+    """
+
+    def __init__(self, dim: int, blocks: int = 4, steps: int = 4, step_size: float = 0.2,
+                 tempering: bool = True, hidden: int = 64, depth: int = 2):
+        if blocks < 1:
+            raise ConfigError(f"blocks must be >= 1 (got {blocks})")
+        layers: list[Flow] = []
+        for i in range(blocks):
+            layers += [ActNorm(dim), LULinear(dim, seed=i),
+                       HamiltonianFlow(dim, steps=steps, step_size=step_size,
+                                       tempering=tempering, hidden=hidden, depth=depth)]
+        super().__init__(layers)
+

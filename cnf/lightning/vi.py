@@ -322,21 +322,79 @@ class StochasticFlowVI(ReverseKL):
     and ``kl`` are the path versions (``kl`` ≥ KL of the marginal). Logs
     ``train/acceptance`` with ``mala``.
 
+    ``path_kl`` chooses the training loss: ``"reverse"`` (``E_{P_f}[−log w]``, from the
+    flow's own paths, annealed by β), ``"forward"`` (``KL(P_b ‖ P_f)``: paths run backwards
+    from target samples, :meth:`cnf.vi.snf.StochasticFlow.backward_log_q`) or ``"both"``
+    (their sum). The target samples are ``target.sample(n)`` when the target has one (e.g.
+    :class:`cnf.vi.targets.DensityTarget`); otherwise the endpoints of ``num_samples`` of the
+    flow's own paths resampled by their importance weights (self-normalized, so biased
+    towards q while the ESS is low). Logs ``train/forward_path_kl`` (target log Z known)
+    or ``train/forward_log_w``.
+
     Args:
         density: the deterministic flow and base.
         target: the target.
         every, langevin_steps, step_size, mala, anneal: the Langevin layers.
+        path_kl: ``"reverse"``, ``"forward"`` or ``"both"``.
         Other arguments: as :class:`ReverseKL`.
     """
 
     def __init__(self, density: Density, target: Target, every: int = 2,
                  langevin_steps: int = 1, step_size: float = 0.05, mala: bool = False,
-                 anneal: bool = True, **kwargs: Any):
+                 anneal: bool = True, path_kl: str = "reverse", **kwargs: Any):
         super().__init__(density, target, **kwargs)
         from cnf.vi.snf import StochasticFlow
 
+        if path_kl not in ("reverse", "forward", "both"):
+            raise ConfigError(f"path_kl must be 'reverse', 'forward' or 'both' (got {path_kl!r})")
+        self.path_kl = path_kl
         self.snf = StochasticFlow(density.flow, density.base, every, langevin_steps,
                                   step_size, mala, anneal)
+
+    def target_samples(self, n: int) -> Tensor:
+        """``n`` samples of the target: its own sampler, or importance-resampled path ends."""
+        sampler = getattr(self.target, "sample", None)
+        if callable(sampler):
+            with torch.no_grad():
+                return sampler(n).detach()
+        with torch.no_grad():
+            z, log_q, energy = self.sample_terms(n)
+            log_w = -energy - log_q
+            ok = torch.isfinite(log_w)
+            probs = torch.softmax(torch.where(ok, log_w, torch.full_like(log_w, -math.inf)), 0)
+            idx = torch.multinomial(probs, n, replacement=True)
+        return z[idx].detach()
+
+    def forward_path_terms(self, n: int) -> tuple[Tensor, Tensor]:
+        """``(log q_eff, U)`` along ``n`` backward paths from target samples; the forward
+        path KL is ``mean(−U − log q_eff) − log Z``."""
+        x = self.target_samples(n)
+        _, log_q = self.snf.backward_log_q(x, self.target.energy)
+        return log_q, self.target.energy(x).detach()
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        if self.path_kl == "reverse":
+            return super().training_step(batch, batch_idx)
+        log_q, energy = self.forward_path_terms(self.num_samples)
+        loss = -log_q.mean()
+        log_w = float((-energy - log_q).detach().mean())
+        if self.target.log_z is not None:
+            self.log("train/forward_path_kl", log_w - self.target.log_z)
+        else:
+            self.log("train/forward_log_w", log_w)
+        if self.path_kl == "both":
+            z, log_q_f, energy_f = self.sample_terms(self.num_samples)
+            reverse = (log_q_f + self.beta() * energy_f).mean()
+            self.log("train/free_energy", free_energy(log_q_f, energy_f).detach())
+            self.log("train/beta", self.beta())
+            loss = loss + reverse
+        if not torch.isfinite(loss):
+            raise NonFiniteError(
+                f"the path KL became {float(loss)} at step {self.global_step}; lower the "
+                f"learning rate (model.optimizer.init_args.lr) or the Langevin step size "
+                f"(model.step_size), or clip gradients (trainer.gradient_clip_val).")
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
 
     def sample_terms(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
         z, log_q = self.snf.sample_and_log_q(n, self.target.energy)

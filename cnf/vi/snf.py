@@ -20,6 +20,13 @@ has ``E[w] = Z`` exactly (an unbiased importance weight for the marginal of ``z_
 "energy-based" training of the paper; path gradients flow through the reparameterized noise).
 :meth:`StochasticFlow.sample_and_log_q` returns ``z_T`` and the "effective log q"
 ``log q_0 − Σ log|det| − Σ ΔS``, so ``log w = −U − log q_eff`` fits cnf's VI estimators.
+
+The **forward path KL** ``KL(P_b ‖ P_f) = E_{P_b}[log w] − log Z`` starts from target samples
+``x ~ p`` and runs the path backwards: the Langevin layers last to first (the backward
+kernel of a Langevin step is the same Langevin step, so each returns ``−ΔS``) and the
+deterministic layers in their density direction. :meth:`StochasticFlow.backward_log_q`
+returns ``z_0`` and the same ``log q_eff`` along that path; minimizing ``−E[log q_eff]`` is
+maximum likelihood of the paths (the paper's "example-based" training).
 """
 
 from __future__ import annotations
@@ -156,6 +163,24 @@ class StochasticFlow(nn.Module):
                 log_q = log_q - delta
                 k += 1
         return z, log_q
+
+    def backward_log_q(self, x: Tensor, energy: Callable[[Tensor], Tensor]
+                       ) -> tuple[Tensor, Tensor]:
+        """Run the path backwards from ``x = z_T`` (e.g. target samples): ``z_0`` ``[n, D]``
+        and ``log q_0(z_0) − Σ log|det| − Σ ΔS`` ``[n]`` along the backward path, so that
+        ``E_{x∼p}[−U(x) − log q_eff] − log Z`` is the forward path KL ``KL(P_b ‖ P_f) ≥ 0``."""
+        z, log_q = x, x.new_zeros(x.shape[0])
+        layers = self._layers()
+        k = len(self.langevin)
+        last = len(self._order) - 1
+        for i in range(last, -1, -1):
+            if (i + 1) % self.every == 0 or i == last:
+                k -= 1
+                z, delta = self.langevin[k](z, energy)  # delta = −ΔS_t of the forward path
+                log_q = log_q + delta
+            z, ld = layers[self._order[i]](z)  # density direction: ld = −(generative log-det)
+            log_q = log_q + ld
+        return z, log_q + self.base.log_prob(z)
 
     def acceptance(self) -> float | None:
         """Mean MALA acceptance rate of the last pass (``None`` for ULA)."""

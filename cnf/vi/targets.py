@@ -305,11 +305,13 @@ def _resolve_checkpoint(ckpt: str | Path) -> tuple[Path, Path]:
     return run.config, found
 
 
-def _load_density(ckpt: str | Path) -> nn.Module:
+def _load_density(ckpt: str | Path, trust: bool = False) -> nn.Module:
     """Rebuild ``model.init_args.density`` of a run from its config and load its weights
-    (``torch.load(weights_only=True)``: no unpickling of arbitrary objects)."""
+    through :func:`cnf.checkpoint.load_checkpoint` (weights-only unless ``trust``)."""
     import yaml
     from jsonargparse import ArgumentParser
+
+    from cnf.checkpoint import load_checkpoint
 
     config, ckpt_path = _resolve_checkpoint(ckpt)
     cfg = yaml.safe_load(config.read_text())
@@ -321,7 +323,8 @@ def _load_density(ckpt: str | Path) -> nn.Module:
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(nn.Module, "density")
     density = parser.instantiate(parser.parse_object({"density": density_cfg})).density
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+    state = load_checkpoint(ckpt_path, trust=trust, map_location="cpu",
+                            trust_option="DensityTarget(trust=True)")["state_dict"]
     prefix = "density."
     own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     density.load_state_dict(own)
@@ -338,15 +341,18 @@ class DensityTarget(Target):
             experiment directory (``runs/toy_maf``: its newest finished run).
         extent: half-width of the plotting square (2D).
         name: a short name (default ``"teacher"``).
+        trust: unpickle the checkpoint in full (only for files you trust); by default only
+            tensors and plain containers are read (:func:`cnf.checkpoint.load_checkpoint`).
 
     Example (needs a trained run)::
 
         target = DensityTarget("runs/toy_maf")          # then ReverseKL(student, target)
     """
 
-    def __init__(self, ckpt: str, extent: float = 4.0, name: str = "teacher"):
+    def __init__(self, ckpt: str, extent: float = 4.0, name: str = "teacher",
+                 trust: bool = False):
         super().__init__()
-        teacher = _load_density(ckpt)
+        teacher = _load_density(ckpt, trust=trust)
         teacher.eval()
         teacher.requires_grad_(False)
         shape = tuple(getattr(teacher, "event_shape", ()))
@@ -367,6 +373,11 @@ class DensityTarget(Target):
             raise ShapeError(f"target {self.name!r} is defined on [batch, {self.dim}]; "
                              f"got {list(z.shape)}")
         return -self.teacher.log_prob(z)
+
+    def sample(self, n: int) -> Tensor:
+        """``n`` samples of the teacher (for the forward path KL of a stochastic flow)."""
+        with torch.no_grad():
+            return self.teacher.sample(n)
 
     def extra_repr(self) -> str:
         return f"ckpt={self.ckpt}, dim={self.dim}"

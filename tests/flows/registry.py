@@ -372,3 +372,12 @@ def _hamiltonian(tempering):
 
 CASES["volume_preserving_hamiltonian"] = Case(_hamiltonian(False), shapes=((2,), (4,)))
 CASES["hamiltonian_tempered"] = Case(_hamiltonian(True), shapes=((2,), (4,)))
+
+
+def _hamiltonian_stack(shape):
+    from cnf.flows.hamiltonian import HamiltonianStack
+
+    return perturb(HamiltonianStack(shape[0], blocks=2, steps=2, step_size=0.3, hidden=16), 0.2)
+
+
+CASES["hamiltonian_stack"] = Case(_hamiltonian_stack, shapes=((2,), (4,)))

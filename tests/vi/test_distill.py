@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from cnf.distributions import Density, StandardNormal
-from cnf.errors import DataError
+from cnf.errors import DataError, UntrustedCheckpointError
 from cnf.flows.autoregressive import IAF, MAF
 from cnf.lightning.vi import ReverseKL
 from cnf.rundir import RunDir
@@ -47,6 +47,22 @@ def test_loads_the_teacher_from_run_experiment_or_checkpoint(tmp_path):
         target = DensityTarget(str(where))
         torch.testing.assert_close(target.energy(x), -teacher.log_prob(x).detach())
         assert target.log_z == 0.0 and target.dim == 2
+
+
+class _Opaque:
+    """A Python object in a checkpoint: the weights-only loader must not unpickle it."""
+
+
+def test_teacher_checkpoint_is_read_weights_only_unless_trusted(tmp_path):
+    run, teacher = _teacher_run(tmp_path)
+    ckpt = torch.load(run.checkpoint("best"), weights_only=True)
+    ckpt["extra"] = _Opaque()
+    torch.save(ckpt, run.checkpoint("best"))
+    with pytest.raises(UntrustedCheckpointError, match=r"DensityTarget\(trust=True\)"):
+        DensityTarget(str(run.path))
+    x = torch.randn(5, 2)
+    target = DensityTarget(str(run.path), trust=True)
+    torch.testing.assert_close(target.energy(x), -teacher.log_prob(x).detach())
 
 
 def test_missing_teacher_says_what_to_train(tmp_path):

@@ -92,3 +92,98 @@ def test_errors():
         LangevinLayer(step_size=0.0)
     with pytest.raises(ConfigError, match="every"):
         StochasticFlow(RealNVP(2), StandardNormal(2), every=0)
+
+
+class _Gaussian(EnergyTarget):
+    """N(m, s² I) in 2D with its sampler and exact log Z (a target for the forward path KL)."""
+
+    def __init__(self, mean=(0.5, -0.3), std=0.8):
+        super().__init__("u1")
+        self.mean, self.std = torch.tensor(mean), std
+        self.log_z = math.log(2 * math.pi * std ** 2)
+        self.name = "gauss"
+
+    def energy(self, z):
+        return 0.5 * ((z - self.mean) / self.std).pow(2).sum(1)
+
+    def sample(self, n):
+        return self.mean + self.std * torch.randn(n, 2)
+
+
+@pytest.mark.parametrize("mala", [False, True], ids=["ula", "mala"])
+def test_backward_paths_give_unbiased_inverse_weights(mala):
+    """Paths run backwards from x ~ p: E_{P_b}[P_f / P_b] = 1, i.e. E[exp(−log w)] = 1/Z;
+    and the forward path KL E[log w] − log Z is ≥ 0. 200k backward paths, 4 SE."""
+    target = _Gaussian()
+    snf = StochasticFlow(_perturbed_realnvp(scale=0.1), StandardNormal(2), every=2,
+                         langevin_steps=2, step_size=0.05, mala=mala)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        x = target.sample(200_000)
+        _, log_q = snf.backward_log_q(x, target.energy)
+        log_w = (-target.energy(x) - log_q).double()
+    r = torch.exp(-(log_w - target.log_z))
+    se = float(r.std() / math.sqrt(len(r)))
+    assert abs(float(r.mean()) - 1) < 4 * se, (float(r.mean()), se)
+    assert se < 0.05
+    assert float(log_w.mean()) - target.log_z > 0
+
+
+def test_backward_path_inverts_a_noise_free_forward_path():
+    """With vanishing Langevin steps the backward path from z_T returns z_0 and the same
+    log q_eff as the forward path (the deterministic layers are inverted exactly; float64,
+    so that the noise of a 1e-12 step is not lost to rounding)."""
+    target = _Gaussian()
+    target.mean = target.mean.double()
+    snf = StochasticFlow(_perturbed_realnvp(), StandardNormal(2), every=2,
+                         step_size=1e-12).double()
+    torch.manual_seed(3)
+    z0 = torch.randn(50, 2, dtype=torch.float64)
+    with torch.no_grad():
+        zt, log_q = z0, snf.base.log_prob(z0)
+        for idx in snf._order:
+            zt, ld = snf._layers()[idx].inverse(zt)
+            log_q = log_q - ld
+        back, log_q_b = snf.backward_log_q(zt, target.energy)
+    torch.testing.assert_close(back, z0, atol=1e-5, rtol=0)
+    torch.testing.assert_close(log_q_b, log_q, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("sampler", [True, False], ids=["target-samples", "resampled"])
+def test_forward_path_kl_training_lowers_it(sampler):
+    """StochasticFlowVI(path_kl="forward"): 150 Adam steps (lr 1e-2, 256 paths) on a Gaussian
+    target; the forward path KL (20k backward paths) falls from 0.254 to 0.0046 with target
+    samples, and to 0.0033 with importance-resampled path ends (measured)."""
+    target = _Gaussian()
+    if not sampler:
+        target.sample = None  # no sampler: resample the flow's own path ends
+    torch.manual_seed(0)
+    model = StochasticFlowVI(Density(RealNVP(2, num_layers=4, hidden=16), StandardNormal(2)),
+                             target, every=2, step_size=0.02, path_kl="forward",
+                             num_samples=256, eval_samples=2000, plot=False)
+    truth = _Gaussian()
+
+    def fkl():
+        torch.manual_seed(9)
+        with torch.no_grad():
+            x = truth.sample(20_000)
+            _, log_q = model.snf.backward_log_q(x, truth.energy)
+        return float((-truth.energy(x) - log_q).mean()) - truth.log_z
+
+    before = fkl()
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(150):
+        log_q, _ = model.forward_path_terms(256)
+        loss = -log_q.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = fkl()
+    assert after < 0.25 * before, (before, after)
+    assert after < 0.05
+
+
+def test_path_kl_option_is_checked():
+    with pytest.raises(ConfigError, match="path_kl"):
+        StochasticFlowVI(Density(RealNVP(2), StandardNormal(2)), EnergyTarget("u1"),
+                         path_kl="sideways", plot=False)
