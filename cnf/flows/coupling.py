@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from cnf.errors import ConfigError, ShapeError
-from cnf.flows.base import Chain, Flow, Inverse, sum_except_batch
-from cnf.flows.multiscale import Squeeze, multiscale
+from cnf.flows.base import Chain, Flow, sum_except_batch
+from cnf.flows.multiscale import realnvp_multiscale
 from cnf.flows.nets import MLP, ConvNet
 
 __all__ = ["AffineCoupling", "RealNVP", "alternating_masks", "ImageAffineCoupling", "RealNVPImage"]
@@ -263,29 +263,11 @@ class RealNVPImage(Chain):
     def __init__(self, shape: tuple[int, int, int], scales: int = 2, hidden: int = 64,
                  depth: int = 2, act: str = "relu", scale_bound: float = 3.0,
                  context_dim: int = 0):
+        def step(ch: int, mask: str, parity: int) -> list[Flow]:
+            return [ImageAffineCoupling(ch, mask, parity, hidden, depth, act, "tanh",
+                                        scale_bound, context_dim)]
+
+        super().__init__([realnvp_multiscale(shape, scales, step, "RealNVPImage")])
         c, h, w = (int(v) for v in shape)
-        f = 2 ** (scales - 1)
-        if scales < 1 or h % f or w % f or (h // f) * (w // f) < 2:
-            raise ConfigError(f"RealNVPImage with {scales} scales needs H and W divisible by "
-                              f"{f} and at least 2 pixels at the last scale (got {h}x{w}); "
-                              f"use fewer scales")
-
-        def coupling(ch: int, mask: str, parity: int) -> ImageAffineCoupling:
-            return ImageAffineCoupling(ch, mask, parity, hidden, depth, act, "tanh", scale_bound,
-                                       context_dim)
-
-        levels: list[Flow] = []
-        for i in range(scales):
-            ch = c * 2 ** i
-            if i < scales - 1:
-                levels.append(Chain([
-                    *(coupling(ch, "checkerboard", p) for p in (0, 1, 0)),
-                    Squeeze(),
-                    *(coupling(4 * ch, "channel", p) for p in (0, 1, 0)),
-                    Inverse(Squeeze()),
-                ]))
-            else:
-                levels.append(Chain([coupling(ch, "checkerboard", p) for p in (0, 1, 0, 1)]))
-        super().__init__([multiscale(levels)])
         self.shape = (c, h, w)
 

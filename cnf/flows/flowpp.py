@@ -49,9 +49,9 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from cnf.errors import ConfigError, InverseError, ShapeError
-from cnf.flows.base import Chain, Flow, Inverse, sum_except_batch
+from cnf.flows.base import Chain, Flow, sum_except_batch
 from cnf.flows.coupling import alternating_masks
-from cnf.flows.multiscale import Squeeze, multiscale
+from cnf.flows.multiscale import realnvp_multiscale
 from cnf.flows.nets import MLP, ConvNet
 from cnf.flows.normalization import ActNorm
 
@@ -341,28 +341,10 @@ class FlowPPImage(Chain):
     def __init__(self, shape: tuple[int, int, int], scales: int = 2, components: int = 8,
                  hidden: int = 64, depth: int = 2, act: str = "relu",
                  scale_bound: float = 3.0, inverse_tol: float | None = None):
-        c, h, w = (int(v) for v in shape)
-        f = 2 ** (scales - 1)
-        if scales < 1 or h % f or w % f or (h // f) * (w // f) < 2:
-            raise ConfigError(f"FlowPPImage with {scales} scales needs H and W divisible by "
-                              f"{f} and at least 2 pixels at the last scale (got {h}x{w}); "
-                              f"use fewer scales")
-
         def step(ch: int, mask: str, parity: int) -> list[Flow]:
             return [ActNorm(ch), ImageMixtureLogisticCoupling(
                 ch, mask, parity, components, hidden, depth, act, scale_bound, inverse_tol)]
 
-        levels: list[Flow] = []
-        for i in range(scales):
-            ch = c * 2 ** i
-            if i < scales - 1:
-                levels.append(Chain([
-                    *(f for p in (0, 1, 0) for f in step(ch, "checkerboard", p)),
-                    Squeeze(),
-                    *(f for p in (0, 1, 0) for f in step(4 * ch, "channel", p)),
-                    Inverse(Squeeze()),
-                ]))
-            else:
-                levels.append(Chain([f for p in (0, 1, 0, 1) for f in step(ch, "checkerboard", p)]))
-        super().__init__([multiscale(levels)])
+        super().__init__([realnvp_multiscale(shape, scales, step, "FlowPPImage")])
+        c, h, w = (int(v) for v in shape)
         self.shape = (c, h, w)

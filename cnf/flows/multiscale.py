@@ -11,15 +11,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from cnf.errors import ShapeError
+from cnf.errors import ConfigError, ShapeError
 from cnf.flows.base import Chain, Flow, Inverse
 
-__all__ = ["Squeeze", "FactorOut", "multiscale"]
+__all__ = ["Squeeze", "FactorOut", "multiscale", "realnvp_multiscale"]
 
 
 class Squeeze(Flow):
@@ -82,3 +82,29 @@ def multiscale(levels: Sequence[Flow]) -> Flow:
     for level in reversed(levels[:-1]):
         flow = Chain([level, Squeeze(), FactorOut(flow), Inverse(Squeeze())])
     return flow
+
+
+def realnvp_multiscale(shape: Sequence[int], scales: int, step: Callable[[int, str, int],
+                       list[Flow]], name: str) -> Flow:
+    """The RealNVP image architecture (Dinh et al. 2017) around any coupling ``step(channels,
+    mask, parity) -> [flows]``: at every scale but the last, three checkerboard steps, a
+    squeeze, three channel steps and an unsqueeze; at the last scale four checkerboard steps;
+    the scales nested by :func:`multiscale`. ``name`` is the model named in errors."""
+    c, h, w = (int(v) for v in shape)
+    f = 2 ** (scales - 1)
+    if scales < 1 or h % f or w % f or (h // f) * (w // f) < 2:
+        raise ConfigError(f"{name} with {scales} scales needs H and W divisible by {f} and at "
+                          f"least 2 pixels at the last scale (got {h}x{w}); use fewer scales")
+    levels: list[Flow] = []
+    for i in range(scales):
+        ch = c * 2 ** i
+        if i < scales - 1:
+            levels.append(Chain([
+                *(f for p in (0, 1, 0) for f in step(ch, "checkerboard", p)),
+                Squeeze(),
+                *(f for p in (0, 1, 0) for f in step(4 * ch, "channel", p)),
+                Inverse(Squeeze()),
+            ]))
+        else:
+            levels.append(Chain([f for p in (0, 1, 0, 1) for f in step(ch, "checkerboard", p)]))
+    return multiscale(levels)
