@@ -26,7 +26,7 @@ from cnf.flows.base import Chain, Flow, sum_except_batch
 from cnf.flows.multiscale import realnvp_multiscale
 from cnf.flows.nets import MLP, ConvNet
 
-__all__ = ["AffineCoupling", "RealNVP", "alternating_masks", "ImageAffineCoupling", "RealNVPImage"]
+__all__ = ["ImageMaskedCoupling", "AffineCoupling", "RealNVP", "alternating_masks", "ImageAffineCoupling", "RealNVPImage"]
 
 
 def alternating_masks(dim: int, n: int) -> list[list[int]]:
@@ -138,7 +138,45 @@ class RealNVP(Chain):
         self.context_dim = int(context_dim)
 
 
-class ImageAffineCoupling(Flow):
+class ImageMaskedCoupling(Flow):
+    """What the image couplings share: the split of ``[B, C, H, W]`` into a conditioning part
+    and a transformed part, by a ``checkerboard`` over pixels (``parity`` 0 or 1) or by
+    ``channel`` halves, and the input check. Subclasses call :meth:`init_split` and give the
+    conditioner its input channels from it."""
+
+    def init_split(self, channels: int, mask: str, parity: int) -> int:
+        """Validate and record the split; returns the conditioner's input channels (and sets
+        ``n_out``, the transformed channels)."""
+        if mask not in ("checkerboard", "channel"):
+            raise ConfigError(f"mask must be 'checkerboard' or 'channel', got {mask!r}")
+        if mask == "channel" and channels < 2:
+            raise ConfigError(f"a channel coupling needs >= 2 channels (got {channels}); use "
+                              f"mask='checkerboard' or squeeze first")
+        self.channels, self.mask_type, self.parity = channels, mask, int(parity) % 2
+        if mask == "checkerboard":
+            self.n_out = channels
+            return channels
+        half = channels // 2
+        self.n_cond = half if self.parity == 0 else channels - half
+        self.n_out = channels - self.n_cond
+        return self.n_cond
+
+    def _check(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ShapeError(f"{type(self).__name__} was built for [batch, {self.channels}, H, "
+                             f"W] inputs, got {list(x.shape)}")
+        if self.mask_type == "checkerboard" and x.shape[2] * x.shape[3] < 2:
+            raise ShapeError(f"a checkerboard coupling needs at least 2 pixels, got "
+                             f"{x.shape[2]}x{x.shape[3]}; use a channel coupling or fewer scales")
+
+    def checkerboard(self, x: Tensor) -> Tensor:
+        """The pixels kept (conditioning) by the checkerboard: a bool ``[1, 1, H, W]``."""
+        h, w = x.shape[2], x.shape[3]
+        ij = torch.arange(h, device=x.device)[:, None] + torch.arange(w, device=x.device)[None, :]
+        return ((ij + self.parity) % 2 == 0)[None, None]
+
+
+class ImageAffineCoupling(ImageMaskedCoupling):
     """Affine coupling for images ``[B, C, H, W]`` with a convolutional conditioner.
 
     ``mask="checkerboard"``: pixels with ``(i + j + parity)`` even condition the others
@@ -170,30 +208,11 @@ class ImageAffineCoupling(Flow):
         context_dim: int = 0,
     ):
         super().__init__()
-        if mask not in ("checkerboard", "channel"):
-            raise ConfigError(f"mask must be 'checkerboard' or 'channel', got {mask!r}")
         if scale not in ("tanh", "sigmoid"):
             raise ConfigError(f"scale must be 'tanh' or 'sigmoid', got {scale!r}")
-        if mask == "channel" and channels < 2:
-            raise ConfigError(f"a channel coupling needs >= 2 channels (got {channels}); use "
-                              f"mask='checkerboard' or squeeze first")
-        self.channels, self.mask_type, self.parity = channels, mask, int(parity) % 2
+        n_in = self.init_split(channels, mask, parity)
         self.scale, self.scale_bound, self.context_dim = scale, float(scale_bound), context_dim
-        if mask == "checkerboard":
-            n_in, self.n_out = channels, channels
-        else:
-            half = channels // 2
-            self.n_cond = half if self.parity == 0 else channels - half
-            n_in, self.n_out = self.n_cond, channels - self.n_cond
         self.net = ConvNet(n_in + context_dim, 2 * self.n_out, hidden, depth, act)
-
-    def _check(self, x: Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ShapeError(f"ImageAffineCoupling was built for [batch, {self.channels}, H, W] "
-                             f"inputs, got {list(x.shape)}")
-        if self.mask_type == "checkerboard" and x.shape[2] * x.shape[3] < 2:
-            raise ShapeError(f"a checkerboard coupling needs at least 2 pixels, got "
-                             f"{x.shape[2]}x{x.shape[3]}; use a channel coupling or fewer scales")
 
     def _net(self, h: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         if context is not None:
@@ -206,15 +225,10 @@ class ImageAffineCoupling(Flow):
             log_scale = torch.nn.functional.logsigmoid(raw + 2.0)
         return shift, log_scale
 
-    def _checker(self, x: Tensor) -> Tensor:
-        h, w = x.shape[2], x.shape[3]
-        ij = torch.arange(h, device=x.device)[:, None] + torch.arange(w, device=x.device)[None, :]
-        return ((ij + self.parity) % 2 == 0).to(x.dtype)[None, None]
-
     def _transform(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         self._check(x)
         if self.mask_type == "checkerboard":
-            m = self._checker(x)
+            m = self.checkerboard(x).to(x.dtype)
             shift, log_scale = self._net(x * m, context)
             log_scale = log_scale * (1 - m)
             shift = shift * (1 - m)

@@ -50,7 +50,7 @@ from torch.nn import functional as F
 
 from cnf.errors import ConfigError, InverseError, ShapeError
 from cnf.flows.base import Chain, Flow, sum_except_batch
-from cnf.flows.coupling import alternating_masks
+from cnf.flows.coupling import ImageMaskedCoupling, alternating_masks
 from cnf.flows.multiscale import realnvp_multiscale
 from cnf.flows.nets import MLP, ConvNet
 from cnf.flows.normalization import ActNorm
@@ -238,7 +238,7 @@ class FlowPP(Chain):
         self.dim = dim
 
 
-class ImageMixtureLogisticCoupling(Flow):
+class ImageMixtureLogisticCoupling(ImageMaskedCoupling):
     """Flow++ coupling for images ``[B, C, H, W]`` with a convolutional conditioner and a
     checkerboard (``mask="checkerboard"``, parity ``parity``) or channel (``mask="channel"``)
     split, as :class:`cnf.flows.coupling.ImageAffineCoupling`; the elementwise map is the
@@ -256,23 +256,12 @@ class ImageMixtureLogisticCoupling(Flow):
                  scale_bound: float = 3.0, inverse_tol: float | None = None,
                  max_iter: int = 200):
         super().__init__()
-        if mask not in ("checkerboard", "channel"):
-            raise ConfigError(f"mask must be 'checkerboard' or 'channel', got {mask!r}")
-        if mask == "channel" and channels < 2:
-            raise ConfigError(f"a channel coupling needs >= 2 channels (got {channels}); use "
-                              f"mask='checkerboard' or squeeze first")
         if components < 1:
             raise ConfigError(f"components must be >= 1, got {components}")
-        self.channels, self.mask_type, self.parity = channels, mask, int(parity) % 2
+        n_in = self.init_split(channels, mask, parity)
         self.components, self.scale_bound = components, float(scale_bound)
         self.inverse_tol, self.max_iter = inverse_tol, max_iter
         self.register_buffer("offsets", _offsets(components))
-        if mask == "checkerboard":
-            n_in, self.n_out = channels, channels
-        else:
-            half = channels // 2
-            self.n_cond = half if self.parity == 0 else channels - half
-            n_in, self.n_out = self.n_cond, channels - self.n_cond
         self.net = ConvNet(n_in, self.n_out * (3 * components + 2), hidden, depth, act)
 
     def _map(self) -> _MixtureMap:
@@ -283,24 +272,11 @@ class ImageMixtureLogisticCoupling(Flow):
         p = self.net(h).view(b, self.n_out, 3 * self.components + 2, hh, ww)
         return p.permute(0, 1, 3, 4, 2)  # [B, C_out, H, W, 3K + 2]
 
-    def _check(self, x: Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ShapeError(f"ImageMixtureLogisticCoupling was built for [batch, "
-                             f"{self.channels}, H, W] inputs, got {list(x.shape)}")
-        if self.mask_type == "checkerboard" and x.shape[2] * x.shape[3] < 2:
-            raise ShapeError(f"a checkerboard coupling needs at least 2 pixels, got "
-                             f"{x.shape[2]}x{x.shape[3]}; use a channel coupling")
-
-    def _checker(self, x: Tensor) -> Tensor:
-        h, w = x.shape[2], x.shape[3]
-        ij = torch.arange(h, device=x.device)[:, None] + torch.arange(w, device=x.device)[None, :]
-        return ((ij + self.parity) % 2 == 0)[None, None]
-
     def _transform(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         self._check(x)
         m = self._map()
         if self.mask_type == "checkerboard":
-            keep = self._checker(x)
+            keep = self.checkerboard(x)
             p = self._params(x * keep.to(x.dtype))
             if inverse:
                 y, ld = m.inverse(x, p, self.inverse_tol, self.max_iter)
