@@ -334,22 +334,28 @@ class StochasticFlowVI(ReverseKL):
     Args:
         density: the deterministic flow and base.
         target: the target.
-        every, langevin_steps, step_size, mala, anneal: the Langevin layers.
+        every, langevin_steps, step_size, mala, anneal, learn_step_size: the Langevin layers
+            (:class:`cnf.vi.snf.StochasticFlow`).
+        temper_kernels: while β < 1 (annealing), the reverse path KL's Langevin layers move
+            on ``β U`` — the tempered target the loss fits — instead of ``U`` (evaluation and
+            the forward path KL always use ``U``).
         path_kl: ``"reverse"``, ``"forward"`` or ``"both"``.
         Other arguments: as :class:`ReverseKL`.
     """
 
     def __init__(self, density: Density, target: Target, every: int = 2,
                  langevin_steps: int = 1, step_size: float = 0.05, mala: bool = False,
-                 anneal: bool = True, path_kl: str = "reverse", **kwargs: Any):
+                 anneal: bool = True, path_kl: str = "reverse", learn_step_size: bool = False,
+                 temper_kernels: bool = False, **kwargs: Any):
         super().__init__(density, target, **kwargs)
         from cnf.vi.snf import StochasticFlow
 
         if path_kl not in ("reverse", "forward", "both"):
             raise ConfigError(f"path_kl must be 'reverse', 'forward' or 'both' (got {path_kl!r})")
-        self.path_kl = path_kl
+        self.path_kl, self.temper_kernels = path_kl, bool(temper_kernels)
+        self._kernel_beta = 1.0
         self.snf = StochasticFlow(density.flow, density.base, every, langevin_steps,
-                                  step_size, mala, anneal)
+                                  step_size, mala, anneal, learn_step_size)
 
     def target_samples(self, n: int) -> Tensor:
         """``n`` samples of the target: its own sampler, or importance-resampled path ends."""
@@ -374,7 +380,11 @@ class StochasticFlowVI(ReverseKL):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         if self.path_kl == "reverse":
-            return super().training_step(batch, batch_idx)
+            self._kernel_beta = self.beta() if self.temper_kernels else 1.0
+            try:
+                return super().training_step(batch, batch_idx)
+            finally:
+                self._kernel_beta = 1.0
         log_q, energy = self.forward_path_terms(self.num_samples)
         loss = -log_q.mean()
         log_w = float((-energy - log_q).detach().mean())
@@ -383,7 +393,8 @@ class StochasticFlowVI(ReverseKL):
         else:
             self.log("train/forward_log_w", log_w)
         if self.path_kl == "both":
-            z, log_q_f, energy_f = self.sample_terms(self.num_samples)
+            z, log_q_f, energy_f = self.sample_terms(
+                self.num_samples, self.beta() if self.temper_kernels else 1.0)
             reverse = (log_q_f + self.beta() * energy_f).mean()
             self.log("train/free_energy", free_energy(log_q_f, energy_f).detach())
             self.log("train/beta", self.beta())
@@ -396,8 +407,16 @@ class StochasticFlowVI(ReverseKL):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def sample_terms(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
-        z, log_q = self.snf.sample_and_log_q(n, self.target.energy)
+    def sample_terms(self, n: int, kernel_beta: float | None = None
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+        """As :meth:`ReverseKL.sample_terms`; the Langevin layers move on ``kernel_beta · U``
+        (default 1, or the annealed β inside a ``temper_kernels`` training step)."""
+        beta = self._kernel_beta if kernel_beta is None else float(kernel_beta)
+        energy = self.target.energy
+        if beta != 1.0:
+            def energy(z: Tensor) -> Tensor:
+                return beta * self.target.energy(z)
+        z, log_q = self.snf.sample_and_log_q(n, energy)
         return z, log_q, self.target.energy(z)
 
     def q_log_prob(self, z: Tensor) -> Tensor | None:

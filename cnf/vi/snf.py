@@ -60,13 +60,26 @@ class LangevinLayer(nn.Module):
     """
 
     def __init__(self, lam: float = 1.0, step_size: float = 0.05, steps: int = 1,
-                 mala: bool = False):
+                 mala: bool = False, learn_step_size: bool = False):
         super().__init__()
         if step_size <= 0 or steps < 1 or not 0 <= lam <= 1:
             raise ConfigError(f"LangevinLayer needs step_size > 0, steps >= 1 and lam in [0, 1] "
                               f"(got {step_size}, {steps}, {lam})")
-        self.lam, self.step_size, self.steps, self.mala = float(lam), float(step_size), steps, mala
+        if learn_step_size and mala:
+            raise ConfigError("learn_step_size needs unadjusted Langevin steps (mala: false): the "
+                              "MALA accept/reject decision has no gradient in the step size")
+        self.lam, self.steps, self.mala = float(lam), steps, mala
+        log_step = torch.tensor(math.log(step_size))
+        if learn_step_size:
+            self.log_step_size = nn.Parameter(log_step)
+        else:
+            self.register_buffer("log_step_size", log_step, persistent=False)
         self.last_acceptance: float | None = None
+
+    @property
+    def step_size(self) -> Tensor:
+        """The step size ``ε`` (a learned parameter with ``learn_step_size``), a scalar tensor."""
+        return self.log_step_size.exp()
 
     def _energy(self, energy: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
         lam = self.lam
@@ -76,14 +89,14 @@ class LangevinLayer(nn.Module):
 
     def forward(self, z: Tensor, energy: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
         u_fn = self._energy(energy)
-        eps = self.step_size
+        eps = self.step_size.to(z)
         graph = torch.is_grad_enabled()
         delta = z.new_zeros(z.shape[0])
         accepted = []
         u, g = _grad(u_fn, z, graph)
         for _ in range(self.steps):
             noise = torch.randn_like(z)
-            prop = z - eps * g + math.sqrt(2 * eps) * noise
+            prop = z - eps * g + torch.sqrt(2 * eps) * noise
             u_p, g_p = _grad(u_fn, prop, graph)
             # log q_f(prop | z) and log q_b(z | prop), up to the same constant
             log_f = -noise.pow(2).sum(1) / 2
@@ -113,7 +126,9 @@ class StochasticFlow(nn.Module):
         flow: the deterministic layers; its ``inverse`` direction is the generative one.
         base: ``q_0``.
         every: Langevin layers go after every that many deterministic layers.
-        langevin_steps, step_size, mala: each Langevin layer (see :class:`LangevinLayer`).
+        langevin_steps, step_size, mala, learn_step_size: each Langevin layer (see
+            :class:`LangevinLayer`); ``learn_step_size`` makes each layer's ``log ε`` a
+            parameter (ULA only), so training can shrink a step that adds weight variance.
         anneal: intermediate energies from ``½‖z‖²`` to ``U`` (else ``U`` throughout).
 
     Example::
@@ -127,7 +142,7 @@ class StochasticFlow(nn.Module):
 
     def __init__(self, flow: Flow, base: BaseDistribution, every: int = 2,
                  langevin_steps: int = 1, step_size: float = 0.05, mala: bool = False,
-                 anneal: bool = True):
+                 anneal: bool = True, learn_step_size: bool = False):
         super().__init__()
         layers: Sequence[Flow] = list(flow) if isinstance(flow, Chain) else [flow]
         if every < 1:
@@ -137,7 +152,8 @@ class StochasticFlow(nn.Module):
         self._order = list(reversed(range(len(layers))))
         n_lang = math.ceil(len(layers) / every)
         lams = [(i + 1) / n_lang if anneal else 1.0 for i in range(n_lang)]
-        self.langevin = nn.ModuleList(LangevinLayer(lam, step_size, langevin_steps, mala)
+        self.langevin = nn.ModuleList(LangevinLayer(lam, step_size, langevin_steps, mala,
+                                                    learn_step_size)
                                       for lam in lams)
         self.every = every
 

@@ -102,3 +102,39 @@ def test_hamiltonian_stack_logdet_and_round_trip():
     torch.testing.assert_close(back, x, atol=1e-10, rtol=0)
     torch.testing.assert_close(ld_inv, -logdet, atol=1e-10, rtol=0)
     assert logdet.abs().max() > 1e-3  # the stack is not volume preserving
+
+
+def _fit_nll(flow, steps, seed=0):
+    """Test NLL (nats) of ``flow`` after ``steps`` Adam steps (lr 1e-3, batch 512) on
+    8gaussians, and the test NLL of the Gaussian fitted to the same training set."""
+    from cnf.data.toy import sample
+    from cnf.distributions import Density, StandardNormal
+
+    torch.manual_seed(seed)
+    x_train, x_test = sample("8gaussians", 20_000, 0), sample("8gaussians", 5_000, 2)
+    density = Density(flow, StandardNormal(shape=2))
+    opt = torch.optim.Adam(density.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        batch = x_train[torch.randint(0, len(x_train), (512,), generator=gen)]
+        loss = -density.log_prob(batch).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        nll = -density.log_prob(x_test).mean().item()
+    gauss = torch.distributions.MultivariateNormal(x_train.mean(0), torch.cov(x_train.T))
+    return nll, -gauss.log_prob(x_test).mean().item()
+
+
+@pytest.mark.slow
+def test_hamiltonian_stack_learns_8gaussians():
+    """A short fit learns the modes: after 300 steps the default HamiltonianStack (4 blocks
+    of 4 leapfrog steps of ε = 4, integration time 16) is below the fitted Gaussian's test NLL
+    (4.25 nats) by more than 0.4 nats (measured 3.55 at 300 steps, seed 0; the old ε = 0.2,
+    time 0.8, stayed at 4.25, the Gaussian fit)."""
+    from cnf.flows.hamiltonian import HamiltonianStack
+
+    nll, gauss = _fit_nll(HamiltonianStack(2), 300)
+    assert 4.2 < gauss < 4.3
+    assert nll < gauss - 0.4, (nll, gauss)
