@@ -252,3 +252,32 @@ def test_tempered_kernel_paths_are_unbiased_for_the_tempered_target():
     z2, lq2, _ = model.sample_terms(100, 1.0)
     torch.testing.assert_close(z1, z2)
     torch.testing.assert_close(lq1, lq2)
+
+
+@pytest.mark.parametrize("name", ["u2", "u3", "u4"])
+def test_path_weight_is_unbiased_for_z_on_u2_to_u4(name):
+    """E[w] = Z on U2–U4 (the targets of the ESS comparison in the README): 200k paths of an
+    untrained RealNVP, widened ×2.5 on the data side so that q covers the targets' [−4, 4]
+    extent, with 2 learned-step Langevin layers (step 0.01 as ``vi_u<k>_snf``); the mean
+    weight is within 4 standard errors of the grid Z, the standard error under 10 % of Z.
+    (With q = the unwidened flow, ≈ N(0, I), U4's rare far weights made the 200k-sample mean
+    4.7 SE low: a proposal that misses the tails, not a bias.)"""
+    from cnf.flows.base import Chain
+    from cnf.flows.elementwise import ElementwiseAffine
+
+    target = EnergyTarget(name)
+    widen = ElementwiseAffine(2)
+    with torch.no_grad():
+        widen.log_scale.fill_(-math.log(2.5))  # data = 2.5 × the RealNVP's output
+    flow = Chain([widen, *_perturbed_realnvp(scale=0.1)])
+    snf = StochasticFlow(flow, StandardNormal(2), every=3, langevin_steps=2, step_size=0.01,
+                         learn_step_size=True, anneal=False)
+    torch.manual_seed(6)
+    with torch.no_grad():
+        w = torch.cat([torch.exp(-target.energy(z) - log_q).double()
+                       for z, log_q in (snf.sample_and_log_q(50_000, target.energy)
+                                        for _ in range(4))])
+    z_ref = math.exp(target.log_z)
+    se = float(w.std() / math.sqrt(len(w)))
+    assert abs(float(w.mean()) - z_ref) < 4 * se, (float(w.mean()), z_ref, se)
+    assert se < 0.1 * z_ref, (se, z_ref)
