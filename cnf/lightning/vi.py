@@ -320,7 +320,8 @@ class StochasticFlowVI(ReverseKL):
     its layers (:class:`cnf.vi.snf.StochasticFlow`). The path log-weight is an unbiased
     importance weight (``E[w] = Z``), so ``log_z`` and ``ess`` are as for a flow; ``elbo``
     and ``kl`` are the path versions (``kl`` ≥ KL of the marginal). Logs
-    ``train/acceptance`` with ``mala``.
+    ``train/acceptance`` with ``mala`` and ``train/step_size`` (mean ε) with
+    ``learn_step_size``.
 
     ``path_kl`` chooses the training loss: ``"reverse"`` (``E_{P_f}[−log w]``, from the
     flow's own paths, annealed by β), ``"forward"`` (``KL(P_b ‖ P_f)``: paths run backwards
@@ -427,6 +428,10 @@ class StochasticFlowVI(ReverseKL):
         rate = self.snf.acceptance()
         if rate is not None:
             self.log("train/acceptance", rate)
+        learned = [lay.step_size.detach() for lay in self.snf.langevin
+                   if isinstance(lay.log_step_size, torch.nn.Parameter)]
+        if learned:
+            self.log("train/step_size", float(torch.stack(learned).mean()))
 
 
 class _Intractable(Exception):
