@@ -12,6 +12,8 @@ turn, from the same initial RealNVP weights and with the same β schedule as the
 - ``snf_anneal``: as ``snf_learned`` with intermediate energies (``anneal=True``: λ = ½, 1);
 - ``snf_tempered``: as ``snf_learned`` with ``temper_kernels=True`` (the Langevin layers move
   on β U while β anneals, the target the loss fits, instead of U);
+- ``snf_both``: as ``snf_tempered`` trained by the reverse plus the forward path KL
+  (``path_kl="both"``; the forward paths start from importance-resampled path ends);
 
 then prints, per model, the ESS fraction and KL (path KL for the SNFs) and the importance-
 sampled log Z error on ``--eval`` fresh samples, the final step sizes and the seconds per step.
@@ -34,7 +36,8 @@ from cnf.flows.coupling import RealNVP
 from cnf.lightning.vi import ReverseKL, StochasticFlowVI
 from cnf.vi.targets import EnergyTarget
 
-MODELS = ("realnvp", "snf", "snf_learned", "snf_mala", "snf_anneal", "snf_tempered")
+MODELS = ("realnvp", "snf", "snf_learned", "snf_mala", "snf_anneal", "snf_tempered",
+          "snf_both")
 
 
 def build(model: str, target: str, seed: int, anneal_steps: int, step_size: float):
@@ -47,8 +50,9 @@ def build(model: str, target: str, seed: int, anneal_steps: int, step_size: floa
         return ReverseKL(density, **common)
     return StochasticFlowVI(density, every=4, langevin_steps=2, step_size=step_size,
                             mala=model == "snf_mala", anneal=model == "snf_anneal",
-                            learn_step_size=model in ("snf_learned", "snf_anneal", "snf_tempered"),
-                            temper_kernels=model == "snf_tempered", **common)
+                            learn_step_size=model not in ("snf", "snf_mala"),
+                            temper_kernels=model in ("snf_tempered", "snf_both"),
+                            path_kl="both" if model == "snf_both" else "reverse", **common)
 
 
 def step_sizes(module) -> str:
@@ -91,6 +95,8 @@ def main() -> None:
                     else:
                         _, log_q, energy = mod.sample_terms(mod.num_samples)
                     loss = (log_q + beta * energy).mean()
+                    if getattr(mod, "path_kl", "reverse") == "both":
+                        loss = loss - mod.forward_path_terms(mod.num_samples)[0].mean()
                     opts[m].zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(mod.parameters(), 100.0)
