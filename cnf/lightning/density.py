@@ -145,6 +145,23 @@ class DensityEstimation(OptimizationMixin, L.LightningModule):
     def automatic_optimization(self, value: bool) -> None:
         self._automatic = bool(value)
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning counts optimizer steps in one of two progress records, by optimization
+        # mode; a checkpoint written in the other mode (e.g. before the lean step existed, or
+        # with gradient clipping on) holds the count in the other one. Carry it over, so a
+        # resume continues at the checkpoint's step whatever the mode.
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        auto = fit_loop.get("epoch_loop.automatic_optimization.optim_progress", {})
+        auto = auto.get("optimizer", {}).get("step")
+        manual = fit_loop.get("epoch_loop.manual_optimization.optim_step_progress")
+        if not isinstance(auto, dict) or not isinstance(manual, dict):
+            return
+        source, target = (manual, auto) if self.automatic_optimization else (auto, manual)
+        for part in ("total", "current"):
+            for key in ("ready", "completed"):
+                if part in source and part in target and key in source[part]:
+                    target[part][key] = max(target[part].get(key, 0), source[part][key])
+
     def _optimizer_step(self, loss: Tensor) -> None:
         optimizer = self.optimizers()
         optimizer.zero_grad()

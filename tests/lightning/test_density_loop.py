@@ -217,3 +217,20 @@ def test_automatic_optimization_where_the_lean_step_does_not_apply(tmp_path):
     forced = _model()
     forced.automatic_optimization = True
     assert forced.automatic_optimization
+
+
+@pytest.mark.parametrize("first,then", [("automatic", "lean"), ("lean", "automatic")])
+def test_resume_continues_at_the_checkpoint_step_across_optimization_modes(tmp_path, first, then):
+    # Lightning counts steps in a different record per mode: a checkpoint of one mode
+    # (e.g. written before the lean step existed) resumed in the other continues its count
+    dm = ToyDataModule("8gaussians", n_train=640, n_val=200, n_test=200, batch_size=64)
+    model = _model()
+    trainer = _trainer(tmp_path, 6, [], **MODES[first])
+    trainer.fit(model, dm)
+    ckpt = tmp_path / "six.ckpt"
+    trainer.save_checkpoint(ckpt)
+    rec = _Record()
+    resumed = _model()
+    _trainer(tmp_path, 10, [rec], **MODES[then]).fit(resumed, dm, ckpt_path=ckpt)
+    assert resumed.automatic_optimization is (then == "automatic")
+    assert resumed.global_step == 10 and len(rec.losses) == 4
