@@ -1,7 +1,9 @@
 """Training-loop overhead: `cnf fit` against a plain PyTorch loop over the same Density.
 
 For each workload the experiment config is instantiated once for the plain loop (same
-model, same seed, same data module, same optimizer from ``configure_optimizers``) and run
+model, same seed, same data module, same optimizer from ``configure_optimizers``; the loop
+iterates the data module's own loaders from the global random state ``cnf fit`` starts
+with, so both sides see the same batches: the val/nll columns must agree) and run
 as ``cnf fit`` in-process (``cnf.cli.run``; W&B off, no test after fit, line progress,
 checkpoints and the run summary on, as a user gets them). Both sides run the same number
 of optimisation steps with the same validation schedule (every ``val_check_interval``
