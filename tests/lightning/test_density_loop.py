@@ -234,3 +234,23 @@ def test_resume_continues_at_the_checkpoint_step_across_optimization_modes(tmp_p
     _trainer(tmp_path, 10, [rec], **MODES[then]).fit(resumed, dm, ckpt_path=ckpt)
     assert resumed.automatic_optimization is (then == "automatic")
     assert resumed.global_step == 10 and len(rec.losses) == 4
+
+
+def test_cnf_fit_uses_the_null_profiler_unless_a_profiler_is_set(tmp_path):
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    from cnf.cli import run
+    from cnf.lightning.callbacks import NullProfiler
+    from tests.conftest import REPO
+
+    ctx = NullProfiler().profile("a")
+    with ctx, NullProfiler().profile("b") as inner:  # reusable, nestable, no value
+        assert inner is None
+    args = ["fit", "--config", str(REPO / "configs/experiment/toy_realnvp.yaml"), "--trainer.max_steps=2",
+            f"--run.root={tmp_path}", "--run.wandb=disabled", "--run.test_after_fit=false",
+            "--run.progress=none", "--data.init_args.n_train=1024", "--data.init_args.n_val=256"]
+    default = run([*args, "--run.name=a"])
+    assert type(default.trainer.profiler) is NullProfiler and default.trainer.global_step == 2
+    simple = run([*args, "--run.name=b", "--trainer.profiler=simple"])
+    assert isinstance(simple.trainer.profiler, SimpleProfiler)
+    assert any("training_step" in k for k in simple.trainer.profiler.recorded_durations)
