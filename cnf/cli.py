@@ -63,6 +63,7 @@ from cnf.errors import CNFError, ConfigError
 from cnf.lightning.callbacks import (
     DensityPlot2D,
     GracefulStop,
+    NullProfiler,
     RunCSVLogger,
     RunSummary,
     checkpoint_note,
@@ -437,6 +438,8 @@ class CNFCLI(LightningCLI):
                 save_top_k=1, save_last=True, auto_insert_metric_name=False,
             ) if self.run_opts.monitor else ModelCheckpoint(
                 dirpath=str(self.run.checkpoints), save_last=True, save_top_k=0))
+        if config.get("profiler") is None:  # Lightning's default, without its per-hook cost
+            config["profiler"] = NullProfiler()
         config["callbacks"], config["enable_progress_bar"], bar = self._progress(
             list(config.get("callbacks") or []), callbacks, config.get("enable_progress_bar"))
         extra += bar

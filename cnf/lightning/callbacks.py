@@ -3,6 +3,7 @@ interrupts, timed ``last.ckpt``) and the CSV logger that appends across resumed 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import os
@@ -19,13 +20,14 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.profilers import PassThroughProfiler
 
 from cnf.flows.base import exact_logdet
 from cnf.lightning.progress import finite_float
 from cnf.rundir import FAILED, FINISHED, INTERRUPTED, RUNNING, RunDir
 
 __all__ = ["PeriodicPlot", "DensityPlot2D", "RunSummary", "GracefulStop", "RunCSVLogger",
-           "peak_memory_mb", "run_dir", "checkpoint_note"]
+           "NullProfiler", "peak_memory_mb", "run_dir", "checkpoint_note"]
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -47,6 +49,19 @@ def peak_memory_mb(device: torch.device | None = None) -> dict[str, float]:
     if device is not None and device.type == "cuda":
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return out
+
+
+class NullProfiler(PassThroughProfiler):
+    """Lightning's default "no profiler" without its cost: the trainer enters
+    ``profiler.profile(name)`` around every hook and loop stage (about 100 times a step), and
+    the default's generator-based context manager costs ~2 us each on CPU (~0.2 ms a step,
+    3-4 % of a small flow's step); this one hands out one reusable no-op context (~0.3 us).
+    ``cnf fit`` uses it unless ``--trainer.profiler`` names a real profiler."""
+
+    _null = contextlib.nullcontext()
+
+    def profile(self, action_name: str) -> contextlib.nullcontext:  # type: ignore[override]
+        return self._null
 
 
 class PeriodicPlot(L.Callback):

@@ -51,6 +51,7 @@ class DensityEstimation(OptimizationMixin, L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.exact_eval = exact_eval
+        self._automatic: bool | None = None  # see automatic_optimization
         self._step_started: float | None = None
         self._sources: dict[str, list[Flow]] = {}  # sub-flows with stats / extra_losses
         self.save_hyperparameters(ignore=["density", "optimizer", "lr_scheduler"])
@@ -114,7 +115,61 @@ class DensityEstimation(OptimizationMixin, L.LightningModule):
             self.log("train/nll", nll.detach(), sync_dist=True)
             for name, value in extra.items():
                 self.log(f"train/{name}", value.detach(), sync_dist=True)
+        if not self.automatic_optimization:
+            self._optimizer_step(loss)
         return loss
+
+    # -- the lean optimization step ------------------------------------------------------
+    # Lightning's automatic optimization wraps every step in a closure and a dozen hook
+    # calls; on a small model that is most of the loop's overhead
+    # (experiments/bench/bench_overhead.py). When nothing needs it (no gradient clipping or
+    # accumulation configured on the trainer, and the training step is this class's own),
+    # the step is taken here instead: zero_grad, backward, optimizer step, scheduler step,
+    # as Lightning would, in the same order. The non-finite guard still runs inside the
+    # optimizer step (``on_before_optimizer_step``), before any update.
+    @property
+    def automatic_optimization(self) -> bool:
+        """``False`` (the lean step above) unless set explicitly, or unless the trainer clips
+        or accumulates gradients, or a subclass has its own ``training_step``."""
+        if self._automatic is not None:
+            return self._automatic
+        if type(self).training_step is not DensityEstimation.training_step:
+            return True
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached: as Lightning's default
+            return True
+        return bool(trainer.gradient_clip_val) or trainer.accumulate_grad_batches != 1
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:
+        self._automatic = bool(value)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning counts optimizer steps in one of two progress records, by optimization
+        # mode; a checkpoint written in the other mode (e.g. before the lean step existed, or
+        # with gradient clipping on) holds the count in the other one. Carry it over, so a
+        # resume continues at the checkpoint's step whatever the mode.
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        auto = fit_loop.get("epoch_loop.automatic_optimization.optim_progress", {})
+        auto = auto.get("optimizer", {}).get("step")
+        manual = fit_loop.get("epoch_loop.manual_optimization.optim_step_progress")
+        if not isinstance(auto, dict) or not isinstance(manual, dict):
+            return
+        source, target = (manual, auto) if self.automatic_optimization else (auto, manual)
+        for part in ("total", "current"):
+            for key in ("ready", "completed"):
+                if part in source and part in target and key in source[part]:
+                    target[part][key] = max(target[part].get(key, 0), source[part][key])
+
+    def _optimizer_step(self, loss: Tensor) -> None:
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not self.metrics_logged_this_step(after_optimizer_step=True):

@@ -1,7 +1,9 @@
 """Training-loop overhead: `cnf fit` against a plain PyTorch loop over the same Density.
 
 For each workload the experiment config is instantiated once for the plain loop (same
-model, same seed, same data module, same optimizer from ``configure_optimizers``) and run
+model, same seed, same data module, same optimizer from ``configure_optimizers``; the loop
+iterates the data module's own loaders from the global random state ``cnf fit`` starts
+with, so both sides see the same batches: the val/nll columns must agree) and run
 as ``cnf fit`` in-process (``cnf.cli.run``; W&B off, no test after fit, line progress,
 checkpoints and the run summary on, as a user gets them). Both sides run the same number
 of optimisation steps with the same validation schedule (every ``val_check_interval``
@@ -49,6 +51,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import torch  # noqa: E402
 
 from cnf.cli import run as cnf_run  # noqa: E402
+from cnf.data.datamodule import TensorDataModule  # noqa: E402
 from cnf.flows.base import exact_logdet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,53 +123,68 @@ def cnf_fit(name: str, steps: int, root: str, tag: str,
             "val_nll": summary["metrics"].get("val/nll")}
 
 
+_BUILDS = iter(range(1_000_000))
+
+
 def _build(name: str, steps: int, root: str):
-    """The config's model and data module, seeded as ``cnf fit`` seeds them."""
+    """The config's model and data module, seeded as ``cnf fit`` seeds them, and the global
+    random state at the start of that fit (what the loaders of ``cnf fit`` draw from)."""
+    import lightning as L
+
+    class RandomState(L.Callback):
+        def on_fit_start(cb, trainer, pl_module):
+            cb.state = torch.get_rng_state()
+
+    at_start = RandomState()
+    run_name = f"plain-{next(_BUILDS)}"  # a run directory is written once
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         # a fit of zero steps: the model and data module exactly as `cnf fit` seeds and
         # builds them (the CLI's own preparation needs the fit subcommand)
-        cli = cnf_run(["fit", *_args(name, steps, root, "plain"), "--trainer.max_steps=0",
-                       "--trainer.num_sanity_val_steps=0"])
+        cli = cnf_run(["fit", *_args(name, steps, root, run_name), "--trainer.max_steps=0",
+                       "--trainer.num_sanity_val_steps=0"],
+                      trainer_defaults={"callbacks": [at_start]})
         cli.datamodule.setup("fit")
-    return cli.model, cli.datamodule, cli.trainer.val_check_interval
+    return cli.model, cli.datamodule, cli.trainer.val_check_interval, at_start.state
 
 
-def _validate(density: torch.nn.Module, val: torch.Tensor, batch_size: int) -> float:
+def _validate(density: torch.nn.Module, loader, n: int) -> float:
     density.eval()
     with torch.no_grad(), exact_logdet(density):
-        parts = [-density.log_prob(v).sum() for v in val.split(batch_size)]
+        parts = [-density.log_prob(v).sum() for (v,) in loader]
     density.train()
-    return float(sum(parts) / len(val))
+    return float(sum(parts) / n)
 
 
 def plain_fit(name: str, steps: int, root: str, profiler: cProfile.Profile | None = None) -> dict:
-    """A plain loop: shuffled in-memory batches, Adam, validation on the same schedule."""
-    model, dm, val_every = _build(name, steps, root)
+    """A plain loop over the data module's own loaders (so the same batches as ``cnf fit``:
+    the global random state is set to the one that fit starts from, and the loaders draw
+    from it in the same order), Adam, validation on the same schedule."""
+    model, dm, val_every, state = _build(name, steps, root)
     density = model.density
     dm.setup("fit")
     opt = model.configure_optimizers()
     opt = opt["optimizer"] if isinstance(opt, dict) else opt
-    train, val = dm.train_set, dm.val_set
-    bs = min(dm.batch_size, len(train))
     resample = getattr(dm, "resample_every_epoch", False)
     val_every = int(val_every)
+    torch.set_rng_state(state)
+    train_loader = TensorDataModule.train_dataloader(dm)
+    val_loader = dm.val_dataloader()
     if profiler is not None:
         profiler.enable()
     t0, c0 = time.perf_counter(), time.process_time()
     step, epoch, val_nll = 0, 0, None
     while step < steps:
-        if resample and epoch > 0:
-            train = dm.make_split("train", epoch)
-        perm = torch.randperm(len(train))
-        for i in range(0, len(train) - bs + 1, bs):
-            x = train[perm[i:i + bs]]
+        if resample and epoch > 0:  # a fresh training set each epoch (as the toy module)
+            dm.train_set = dm.make_split("train", epoch)
+            train_loader = TensorDataModule.train_dataloader(dm)
+        for (x,) in train_loader:
             loss = -density.log_prob(x).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
             if step % val_every == 0:
-                val_nll = _validate(density, val, dm.eval_batch_size)
+                val_nll = _validate(density, val_loader, len(dm.val_set))
             if step >= steps:
                 break
         epoch += 1
