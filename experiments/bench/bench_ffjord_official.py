@@ -278,25 +278,27 @@ def main() -> None:
     print(f"# official checkout {root} ({commit}); cnf {CONFIG.relative_to(ROOT)}; "
           f"{args.iters} iterations, {args.runs} paired runs per dataset, one thread each; "
           f"load {open('/proc/loadavg').read().split()[:3]}", flush=True)
-    results: dict[str, dict[str, list]] = {}
-    loads: dict[str, list] = {}
-    for ds in args.datasets:
-        results[ds] = {"official": [], "cnf": []}
-        loads[ds] = []
-        for seed in range(args.runs):
+    results: dict[str, dict[str, list]] = {ds: {"official": [], "cnf": []} for ds in args.datasets}
+    loads: dict[str, list] = {ds: [] for ds in args.datasets}
+    for seed in range(args.runs):  # datasets alternate, so a cut-short bench still has both
+        for ds in args.datasets:
             t0 = time.time()
             off, ours, load = run_pair(root, pythonpath, ds, args.iters, seed, args.n_test, work,
                                        harness)
             results[ds]["official"].append(off)
             results[ds]["cnf"].append(ours)
             loads[ds].append(load)
-            print(f"# {ds} run {seed}: official {sum(off['times']):.1f} s train, NLL {off['nll']:.3f}"
-                  f"; cnf {sum(ours['times']):.1f} s, NLL {ours['nll']:.3f}; pair wall "
-                  f"{time.time() - t0:.0f} s, load {load[0]:.2f}→{load[1]:.2f}", flush=True)
+            print(f"# {ds} run {seed}: official {sum(off['times']):.1f} s train, NLL "
+                  f"{off['nll']:.3f}; cnf {sum(ours['times']):.1f} s, NLL {ours['nll']:.3f}; pair "
+                  f"wall {time.time() - t0:.0f} s, load {load[0]:.2f}→{load[1]:.2f}", flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps({"results": results, "loads": loads}))
+        if seed < args.runs - 1:
+            print(f"# after {seed + 1} run(s) per dataset:")
+            print_table(results, args.iters, args.n_test, loads)
+    print(f"\n# {args.runs} run(s) per dataset:")
     print_table(results, args.iters, args.n_test, loads)
     print(f"\nload at the end {open('/proc/loadavg').read().split()[:3]}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "loads": loads}))
 
 
 if __name__ == "__main__":
