@@ -29,6 +29,9 @@ __all__ = ["ODENet", "LAYER_TYPES"]
 
 
 class _Ignore(nn.Module):
+    #: ``fused_params`` are this layer's own parameters, in ``parameters()`` order
+    own_fused_params = True
+
     def __init__(self, dim_in: int, dim_out: int):
         super().__init__()
         self.linear = nn.Linear(dim_in, dim_out)
@@ -63,6 +66,9 @@ class _Concat(nn.Module):
 
 
 class _Squash(nn.Module):
+    #: ``fused_params`` are this layer's own parameters, in ``parameters()`` order
+    own_fused_params = True
+
     def __init__(self, dim_in: int, dim_out: int):
         super().__init__()
         self.linear = nn.Linear(dim_in, dim_out)
@@ -82,6 +88,9 @@ class _Squash(nn.Module):
 
 
 class _ConcatSquash(nn.Module):
+    #: ``fused_params`` are this layer's own parameters, in ``parameters()`` order
+    own_fused_params = True
+
     def __init__(self, dim_in: int, dim_out: int):
         super().__init__()
         self.linear = nn.Linear(dim_in, dim_out)
@@ -240,52 +249,62 @@ class _AffineMLPJVP(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gf, gjv):  # type: ignore[override]
-        saved, params, t = ctx.saved, ctx.params, ctx.t
-        x_last = saved[-1][0]
-        G = x_last.new_zeros(x_last.shape[0], x_last.shape[1], params[-5].shape[0])
-        if gf is not None:
-            G[0] = gf
-        if gjv is not None:
-            G[1:] = gjv
-        grads: list = [None] * len(params)
-        need = ctx.needs_input_grad[4:]
-        need_t = ctx.needs_input_grad[1] and any(
-            params[5 * i + 2] is not None or params[5 * i + 4] is not None
-            for i in range(len(params) // 5))
-        gt = torch.zeros_like(t) if need_t else None
-        gh0 = None
-        for i in range(len(params) // 5 - 1, -1, -1):
-            w, b, ga, ge, d = params[5 * i: 5 * i + 5]
-            x, p, g, _, _, _ = saved[i]
-            j = 5 * i
-            if d is not None and (need[j + 4] or need_t):
-                gc = G[0].sum(0)
-                if need[j + 4]:
-                    grads[j + 4] = (gc * t).view_as(d)
+        need = ctx.needs_input_grad
+        gt, gh0, grads = _affine_mlp_vjp(ctx.saved, ctx.params, ctx.t, gf, gjv, need[4:],
+                                         need_t=need[1])
+        return (None, gt, gh0 if need[2] else None, None, *grads)
+
+
+def _affine_mlp_vjp(saved: list, params: tuple, t: Tensor, gf: Tensor | None,
+                    gjv: Tensor | None, need: Sequence[bool], need_t: bool = False
+                    ) -> tuple[Tensor | None, Tensor, list]:
+    """The backward pass of :class:`_AffineMLPJVP` (plain tensor code): for upstream
+    gradients ``gf`` of ``f`` and ``gjv`` of ``J v``, the gradients w.r.t. ``t`` (``None``
+    unless ``need_t`` and some layer uses ``t``), the input ``h0`` and each parameter
+    (``None`` where ``need`` says so)."""
+    x_last = saved[-1][0]
+    G = x_last.new_zeros(x_last.shape[0], x_last.shape[1], params[-5].shape[0])
+    if gf is not None:
+        G[0] = gf
+    if gjv is not None:
+        G[1:] = gjv
+    grads: list = [None] * len(params)
+    need_t = need_t and any(params[5 * i + 2] is not None or params[5 * i + 4] is not None
+                            for i in range(len(params) // 5))
+    gt = torch.zeros_like(t) if need_t else None
+    gh0 = G[0]
+    for i in range(len(params) // 5 - 1, -1, -1):
+        w, b, ga, ge, d = params[5 * i: 5 * i + 5]
+        x, p, g, _, _, _ = saved[i]
+        j = 5 * i
+        if d is not None and (need[j + 4] or need_t):
+            gc = G[0].sum(0)
+            if need[j + 4]:
+                grads[j + 4] = (gc * t).view_as(d)
+            if need_t:
+                gt = gt + (gc * d.view(-1)).sum()
+        if g is not None:
+            if need[j + 2] or need[j + 3] or need_t:
+                gpre = (G * p).sum((0, 1)) * g * (1 - g)
+                grads[j + 2] = (gpre * t).view_as(ga) if need[j + 2] else None
+                grads[j + 3] = gpre if need[j + 3] else None
                 if need_t:
-                    gt = gt + (gc * d.view(-1)).sum()
-            if g is not None:
-                if need[j + 2] or need[j + 3] or need_t:
-                    gpre = (G * p).sum((0, 1)) * g * (1 - g)
-                    grads[j + 2] = (gpre * t).view_as(ga) if need[j + 2] else None
-                    grads[j + 3] = gpre if need[j + 3] else None
-                    if need_t:
-                        gt = gt + (gpre * ga.view(-1)).sum()
-                G = G * g
-            if b is not None and need[j + 1]:
-                grads[j + 1] = G[0].sum(0)
-            if need[j]:
-                grads[j] = G.reshape(-1, G.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
-            gx = torch.matmul(G, w)
-            if i == 0:
-                gh0 = gx[0]
-                break
-            _, _, _, d1, d2, q = saved[i - 1]
-            gv = gx[1:]
-            G = torch.empty_like(gx)
-            torch.mul(gv, d1, out=G[1:])
-            torch.addcmul(gx[0] * d1, (gv * q).sum(0), d2, out=G[0])
-        return (None, gt, gh0 if ctx.needs_input_grad[2] else None, None, *grads)
+                    gt = gt + (gpre * ga.view(-1)).sum()
+            G = G * g
+        if b is not None and need[j + 1]:
+            grads[j + 1] = G[0].sum(0)
+        if need[j]:
+            grads[j] = G.reshape(-1, G.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+        gx = torch.matmul(G, w)
+        if i == 0:
+            gh0 = gx[0]
+            break
+        _, _, _, d1, d2, q = saved[i - 1]
+        gv = gx[1:]
+        G = torch.empty_like(gx)
+        torch.mul(gv, d1, out=G[1:])
+        torch.addcmul(gx[0] * d1, (gv * q).sum(0), d2, out=G[0])
+    return gt, gh0, grads
 
 
 LAYER_TYPES: dict[str, type[nn.Module]] = {
@@ -395,6 +414,33 @@ class ODENet(nn.Module):
         if not torch.is_grad_enabled():  # evaluation: no node, nothing saved
             return _affine_mlp_jvp(self.act_name, t, h, v.to(h.dtype), params, save=False)[:2]
         return _AffineMLPJVP.apply(self.act_name, t, h, v.to(h.dtype), *params)
+
+    @property
+    def supports_vjp(self) -> bool:
+        """Whether :meth:`jvp_vjp` is available: a fused activation, layers whose fused
+        parameters are their own (``ignore``, ``squash``, ``concatsquash``), no context."""
+        return (self.fused_jvp and self.context_dim == 0
+                and all(getattr(layer, "own_fused_params", False) for layer in self.layers))
+
+    def jvp_vjp(self, t: Tensor, z: Tensor, v: Tensor, gf: Tensor, gjv: Tensor
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor]]:
+        """``f``, ``J v`` (as :meth:`forward_jvp`) and the gradients of
+        ``⟨gf, f⟩ + ⟨gjv, J v⟩`` w.r.t. the time ``t``, ``z`` and every parameter (in
+        ``parameters()`` order), in one pass without autograd: what an adjoint solve's
+        evaluation needs. Needs :attr:`supports_vjp`. Returns ``(f, jv, gt, gz, grads)``."""
+        if not self.supports_vjp:
+            raise ConfigError("jvp_vjp needs an ODENet with a fused activation (tanh, softplus, "
+                              "swish, elu, relu), ignore/squash/concatsquash layers, no context")
+        v = v.expand(v.shape[0], z.shape[0], v.shape[-1]).to(z.dtype)
+        with torch.no_grad():
+            params: list = []
+            for layer in self.layers:
+                params.extend(layer.fused_params(t))
+            f, jv, saved = _affine_mlp_jvp(self.act_name, t, z, v, tuple(params), save=True)
+            gt, gz, grads = _affine_mlp_vjp(saved, tuple(params), t, gf, gjv,
+                                            [p is not None for p in params], need_t=True)
+        gt = torch.zeros_like(t) if gt is None else gt
+        return f, jv, gt, gz, [g for g in grads if g is not None]
 
     def forward_jvp_layerwise(self, t: Tensor, z: Tensor, v: Tensor,
                               context: Tensor | None = None) -> tuple[Tensor, Tensor]:
