@@ -417,28 +417,33 @@ class _FusedAdjoint(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, dyn, s, kwargs, seminorm, z0, *params):  # type: ignore[override]
-        sol = torchdiffeq.odeint(dyn, (z0, z0.new_zeros(z0.shape[0], 1)), s, **kwargs)
-        z1, a1 = sol[0][-1], sol[1][-1]
+        zs, as_ = torchdiffeq.odeint(dyn, (z0, z0.new_zeros(z0.shape[0], 1)), s, **kwargs)
         ctx.dyn, ctx.s, ctx.kwargs, ctx.seminorm, ctx.params = dyn, s, kwargs, seminorm, params
-        ctx.save_for_backward(z1, a1)
-        return z1, a1
+        ctx.save_for_backward(zs, as_)
+        return zs[-1], as_[-1]
 
     @staticmethod
     def backward(ctx, gz1, ga1):  # type: ignore[override]
-        z1, a1 = ctx.saved_tensors
-        params = ctx.params
-        B, D = z1.shape
-        gz1 = torch.zeros_like(z1) if gz1 is None else gz1
-        ga1 = torch.zeros_like(a1) if ga1 is None else ga1
+        zs, as_ = ctx.saved_tensors
+        params, s = ctx.params, ctx.s
+        B, D = zs.shape[1:]
+        n = B * D + B
+        gz1 = torch.zeros_like(zs[-1]) if gz1 is None else gz1
+        ga1 = torch.zeros_like(as_[-1]) if ga1 is None else ga1
         sizes = [p.numel() for p in params]
         rhs = _AdjointRHS(ctx.dyn, (B, D), sizes, ctx.seminorm)
-        y0 = torch.cat([z1.new_zeros(1), z1.reshape(-1), a1.reshape(-1), gz1.reshape(-1),
-                        ga1.reshape(-1), z1.new_zeros(sum(sizes))])
         kw = dict(ctx.kwargs)
         kw["options"] = dict(kw.get("options") or {}, norm=rhs.norm)
-        with torch.no_grad():
-            y = torchdiffeq.odeint(rhs, y0, ctx.s.flip(0), **kw)[-1]
-        n = B * D + B
+        # as torchdiffeq: one backward solve per interval of the time grid (fixed-step
+        # solvers have one per step), each restarted from the forward solve's state there
+        vjp_t, adj, adj_params = zs.new_zeros(1), torch.cat([gz1.reshape(-1), ga1.reshape(-1)]), None
+        for i in range(len(s) - 1, 0, -1):
+            y0 = torch.cat([vjp_t, zs[i].reshape(-1), as_[i].reshape(-1), adj,
+                            zs.new_zeros(sum(sizes)) if adj_params is None else adj_params])
+            with torch.no_grad():
+                y = torchdiffeq.odeint(rhs, y0, s[i - 1:i + 1].flip(0), **kw)[-1]
+            vjp_t, adj, adj_params = y[:1], y[1 + n:1 + 2 * n], y[1 + 2 * n:]
+        y = torch.cat([vjp_t, zs[0].reshape(-1), as_[0].reshape(-1), adj, adj_params])
         gz0 = y[1 + n:1 + n + B * D].view(B, D)
         grads, off = [], 1 + 2 * n
         for p, k in zip(params, sizes):

@@ -152,3 +152,37 @@ def test_fused_trace_gradient_matches_brute_force_jacobian():
 
     g_brute = torch.stack([torch.autograd.grad(trace(z[b]), z)[0][b] for b in range(3)])
     torch.testing.assert_close(g_fused, g_brute)
+
+
+@pytest.mark.parametrize("layer_type", ["concatsquash", "squash", "ignore"])
+@pytest.mark.parametrize("act", ["tanh", "softplus", "elu"])
+def test_jvp_vjp_equals_autograd(layer_type, act):
+    # the adjoint's evaluation without autograd: value, tangents and the gradients w.r.t.
+    # t, z and every parameter (parameters() order) against autograd, float64
+    torch.manual_seed(0)
+    net = ODENet(3, hidden=(8, 5), layer_type=layer_type, act=act).double()
+    assert net.supports_vjp
+    t = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 4, 3, dtype=torch.float64)
+    gf, gjv = torch.randn(4, 3, dtype=torch.float64), torch.randn(2, 4, 3, dtype=torch.float64)
+    f, jv, gt, gz, grads = net.jvp_vjp(t.detach(), z.detach(), v, gf, gjv)
+    f_ref, jv_ref = net.forward_jvp_layerwise(t, z, v)
+    ref = torch.autograd.grad((f_ref * gf).sum() + (jv_ref * gjv).sum(),
+                              [t, z, *net.parameters()], allow_unused=True)
+    torch.testing.assert_close(f, f_ref.detach())
+    torch.testing.assert_close(jv, jv_ref.detach())
+    torch.testing.assert_close(gt, ref[0] if ref[0] is not None else torch.zeros_like(gt))
+    torch.testing.assert_close(gz, ref[1])
+    assert len(grads) == len(list(net.parameters()))
+    for a, b in zip(grads, ref[2:]):
+        torch.testing.assert_close(a, b)
+
+
+def test_jvp_vjp_refuses_layers_it_cannot_serve():
+    assert not ODENet(2, layer_type="concat").supports_vjp
+    assert not ODENet(2, context_dim=1).supports_vjp
+    with pytest.raises(ConfigError, match="jvp_vjp"):
+        ODENet(2, layer_type="hyper").jvp_vjp(torch.tensor(0.1), torch.randn(3, 2),
+                                              torch.eye(2)[:, None], torch.zeros(3, 2),
+                                              torch.zeros(2, 3, 2))
