@@ -17,7 +17,9 @@ Each run of one dataset starts both sides at once, each a process with one threa
 each on a 2-core machine), so the load affects both alike; a dataset gets ``--runs`` such
 pairs (the official script has no seed; cnf uses seeds 0, 1, 2...). The table gives, per
 side, the median s/iter in each 250-iteration window (median over runs of the per-run
-medians), the mean NFE forward/backward, the test NLL after the last iteration (exact
+medians; also in process CPU seconds, which a loaded machine disturbs far less: the
+harness notes the CPU clock at the script's own ``time.time()`` calls), the mean NFE
+forward/backward, the test NLL after the last iteration (exact
 trace, ``--n-test`` fresh points; the official script's own 1000-point ``[TEST]`` line is
 shown too), the ratio cnf/official and the load average.
 
@@ -49,20 +51,32 @@ CONFIG = ROOT / "configs" / "experiment" / "toy_ffjord.yaml"
 # written to a temporary folder at run time and run from the checkout root: runs
 # train_toy.py unchanged, then scores its final model with the script's own compute_loss
 HARNESS = """\
-import os, runpy, sys
+import os, runpy, sys, time
 sys.path.insert(0, os.getcwd())
 import diagnostics.viz_toy as viz
 viz.save_trajectory = lambda *a, **k: print("[harness] save_trajectory skipped")
 viz.trajectory_to_video = lambda *a, **k: None
+# the script times an iteration with time.time(); note the process CPU clock at each of the
+# script's own calls too (the clock it reads is unchanged), for CPU seconds per iteration
+script = os.path.abspath("train_toy.py")
+wall, cpu_at = time.time, []
+def _time():
+    if sys._getframe(1).f_code.co_filename == script:
+        cpu_at.append(time.process_time())
+    return wall()
+time.time = _time
 n_test = int(sys.argv[1])
 sys.argv = ["train_toy.py"] + sys.argv[2:]
-g = runpy.run_path("train_toy.py", run_name="__main__")
+g = runpy.run_path(script, run_name="__main__")
+time.time = wall
 import torch
 model = g["model"]
 model.eval()
 with torch.no_grad():
     loss = g["compute_loss"](g["args"], model, batch_size=n_test)
 print("HARNESS_TEST", float(loss), g["count_nfe"](model), flush=True)
+# calls: one before the loop, then two per iteration (Time is taken, then `end` is reset)
+print("HARNESS_CPU", " ".join(str(cpu_at[2 * k + 1] - cpu_at[2 * k]) for k in range((len(cpu_at) - 1) // 2)))
 """
 
 _ITER = re.compile(r"Iter (\d+) \| Time ([\d.]+)\(.*?NFE Forward (\d+)\(.*?NFE Backward (\d+)\(")
@@ -134,10 +148,10 @@ def run_cnf(dataset: str, iters: int, seed: int, n_test: int) -> dict:
     density, opt_cls, opt_args = cnf_model()
     opt = opt_cls(density.parameters(), **opt_args)
     blocks = [m for m in density.modules() if hasattr(m, "stats") and hasattr(m, "train_config")]
-    times, nfe_f, nfe_b = [], [], []
+    times, cpu, nfe_f, nfe_b = [], [], [], []
     density.train()
     for it in range(1, iters + 1):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         x = sample(dataset, 100, seed=seed * 10**7 + it)
         opt.zero_grad()
         loss = -density.log_prob(x).mean()
@@ -145,6 +159,7 @@ def run_cnf(dataset: str, iters: int, seed: int, n_test: int) -> dict:
         opt.step()
         loss.item()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         stats = [b.stats() for b in blocks]
         nfe_f.append(sum(s["nfe_forward"] for s in stats))
         nfe_b.append(sum(s["nfe_backward"] for s in stats))
@@ -152,7 +167,7 @@ def run_cnf(dataset: str, iters: int, seed: int, n_test: int) -> dict:
     x_test = sample(dataset, n_test, seed=10**6 + seed)
     with torch.no_grad(), exact_logdet(density):
         nll = -density.log_prob(x_test).mean().item()
-    return {"times": times, "nfe_f": nfe_f, "nfe_b": nfe_b, "nll": nll,
+    return {"times": times, "cpu": cpu, "nfe_f": nfe_f, "nfe_b": nfe_b, "nll": nll,
             "test_nfe": sum(b.stats()["nfe"] for b in blocks)}
 
 
@@ -170,7 +185,9 @@ def _parse_official(log: str, stdout: str) -> dict:
         nfe_b.append(float(m.group(4)))
     tests = [(int(m.group(1)), float(m.group(2)), int(m.group(3))) for m in _TEST.finditer(log)]
     extra = [line.split() for line in stdout.splitlines() if line.startswith("HARNESS_TEST")]
+    cpu = [line.split()[1:] for line in stdout.splitlines() if line.startswith("HARNESS_CPU")]
     return {"times": times, "nfe_f": nfe_f, "nfe_b": nfe_b,
+            "cpu": [float(x) for x in cpu[-1]] if cpu else [],
             "own_test": tests[-1][1] if tests else None,
             "nll": float(extra[-1][1]) if extra else None,
             "test_nfe": float(extra[-1][2]) if extra else None}
@@ -213,9 +230,12 @@ def _windows(iters: int, width: int = 250) -> list[tuple[int, int]]:
 def _summary(runs: list[dict], iters: int) -> dict:
     win = _windows(iters)
     med = [statistics.median(statistics.median(r["times"][a - 1:b]) for r in runs) for a, b in win]
+    cpu = [statistics.median(statistics.median(r["cpu"][a - 1:b]) for r in runs) for a, b in win]
     return {
         "win": med,
+        "cpu_win": cpu,
         "total": statistics.median(sum(r["times"]) for r in runs),
+        "total_cpu": statistics.median(sum(r["cpu"]) for r in runs),
         "nfe_f": statistics.mean(statistics.mean(r["nfe_f"]) for r in runs),
         "nfe_b": statistics.mean(statistics.mean(r["nfe_b"]) for r in runs),
         "nll": [r["nll"] for r in runs],
@@ -235,19 +255,24 @@ def _nll(values: list[float | None]) -> str:
 def print_table(results: dict, iters: int, n_test: int, loads: dict) -> None:
     win = _windows(iters)
     head = " / ".join(f"{a}–{b}" for a, b in win)
-    print(f"\n| dataset | side | median s/iter, it {head} | total train s (median) | "
-          f"mean NFE fwd/bwd | NLL @{iters} on {n_test} fresh pts, mean ± sd (runs) | "
-          f"official's own [TEST] @{iters} (1000 pts) | load 1-min (start→end of pairs) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\n| dataset | side | median s/iter (wall), it {head} | median CPU s/iter, same windows | "
+          f"train s wall / CPU (median) | mean NFE fwd/bwd | NLL @{iters} on {n_test} fresh pts, "
+          f"mean ± sd (runs) | official's own [TEST] @{iters} (1000 pts) | load 1-min (start→end "
+          f"of pairs) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for ds, sides in results.items():
         so, sc = _summary(sides["official"], iters), _summary(sides["cnf"], iters)
         ld = ", ".join(f"{a:.1f}→{b:.1f}" for a, b in loads[ds])
         for name, s in (("official train_toy.py", so), ("cnf toy_ffjord", sc)):
             print(f"| {ds} | {name} | {' / '.join(f'{v:.4f}' for v in s['win'])} | "
-                  f"{s['total']:.1f} | {s['nfe_f']:.1f}/{s['nfe_b']:.1f} | {_nll(s['nll'])} | "
-                  f"{_nll(s['own']) if name.startswith('official') else '–'} | {ld} |")
+                  f"{' / '.join(f'{v:.4f}' for v in s['cpu_win'])} | "
+                  f"{s['total']:.1f} / {s['total_cpu']:.1f} | {s['nfe_f']:.1f}/{s['nfe_b']:.1f} | "
+                  f"{_nll(s['nll'])} | {_nll(s['own']) if name.startswith('official') else '–'} | "
+                  f"{ld} |")
         ratio = " / ".join(f"{c / o:.2f}" for c, o in zip(sc["win"], so["win"]))
-        print(f"| {ds} | **ratio cnf/official** | {ratio} | **{sc['total'] / so['total']:.2f}** | "
+        ratio_cpu = " / ".join(f"{c / o:.2f}" for c, o in zip(sc["cpu_win"], so["cpu_win"]))
+        print(f"| {ds} | **ratio cnf/official** | {ratio} | {ratio_cpu} | "
+              f"**{sc['total'] / so['total']:.2f} / {sc['total_cpu'] / so['total_cpu']:.2f}** | "
               f"{sc['nfe_f'] / so['nfe_f']:.2f}/{sc['nfe_b'] / so['nfe_b']:.2f} | "
               f"{statistics.mean(sc['nll']) - statistics.mean(so['nll']):+.3f} nats | – | – |")
 
