@@ -53,11 +53,11 @@ ok5 = s=$$?; [ $$s -eq 0 ] || [ $$s -eq 5 ]
 
 test: $(VENV)/.installed ## whole suite (slow tests included): parallel, then serial; prints the slowest
 	@echo "== parallel pass"; $(PYTEST) $(XDIST) -m "not serial" --durations=15 $(PYTEST_ARGS); $(ok5)
-	@echo "== serial pass"; $(PYTEST) -p no:xdist -m "serial" --durations=5 $(PYTEST_ARGS); $(ok5)
+	@echo "== serial pass"; $(PYTEST) -p no:xdist --serial-pass -m "serial" --durations=5 $(or $(PYTEST_ARGS),tests); $(ok5)
 
 test-fast: $(VENV)/.installed ## the edit-test loop: no slow tests, parallel, then serial
 	@echo "== parallel pass"; $(PYTEST) $(XDIST) -m "not slow and not serial" --durations=10 $(PYTEST_ARGS); $(ok5)
-	@echo "== serial pass"; $(PYTEST) -p no:xdist -m "not slow and serial" --durations=5 $(PYTEST_ARGS); $(ok5)
+	@echo "== serial pass"; $(PYTEST) -p no:xdist --serial-pass -m "not slow and serial" --durations=5 $(or $(PYTEST_ARGS),tests); $(ok5)
 
 gpu-check: $(VENV)/.installed ## every family a few steps fp32 + bf16, DDP(1), CPU-vs-GPU log p: a table (tiny, CPU, without CUDA)
 	WANDB_MODE=disabled $(PY) experiments/gpu_check.py $(ARGS)

@@ -4,6 +4,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+from pathlib import Path as _PathType  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -37,6 +39,45 @@ def _is_serial(item) -> bool:
 def pytest_itemcollected(item):  # during collection, so `-m "not serial"` sees the mark
     if _is_serial(item) and item.get_closest_marker("serial") is None:
         item.add_marker(pytest.mark.serial)
+
+
+# The serial pass (`--serial-pass`, set by the Makefile) imports only the test modules that can
+# hold serial tests by the rules above -- a name with `ddp`, or the words `serial`, `signal` or
+# `suite_runs` in the source -- instead of importing and collecting the whole tree again
+# (≈9 s of CPU here) to keep a handful of tests; it is given `tests` as its path, so the
+# package's doctests (never serial) are not collected either. Every collection without the option checks
+# that no serial test sits in a module this filter would skip.
+_SERIAL_WORDS = ("serial", "signal", "suite_runs")
+
+
+def _may_hold_serial_tests(path: _PathType) -> bool:
+    return "ddp" in path.stem or any(w in path.read_text(errors="ignore") for w in _SERIAL_WORDS)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--serial-pass", action="store_true",
+                     help="collect only the test modules that can hold `serial` tests "
+                          "(make test's second pass)")
+
+
+def pytest_ignore_collect(collection_path, config):
+    if not config.getoption("--serial-pass", default=False):
+        return None
+    path = collection_path
+    if path.suffix == ".py" and path.name.startswith("test_"):
+        return not _may_hold_serial_tests(path)
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--serial-pass", default=False):
+        return
+    missed = sorted({str(item.path) for item in items if item.get_closest_marker("serial")
+                     and not _may_hold_serial_tests(item.path)})
+    if missed:
+        raise pytest.UsageError(
+            f"serial tests in {missed}, which `--serial-pass` would not collect: mark them "
+            f"with `@pytest.mark.serial` in that module, or extend _may_hold_serial_tests")
 
 
 @pytest.fixture(autouse=True)
