@@ -278,7 +278,7 @@ class _Dynamics(nn.Module):
         self._check_step(s, y, dt)
 
     # -- right-hand side -------------------------------------------------------------
-    def forward(self, s: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    def _count(self, s: Tensor) -> None:
         c = self.counter
         if c.in_backward:
             c.backward += 1
@@ -293,6 +293,36 @@ class _Dynamics(nn.Module):
                 f"fixed-step solver, or add weight decay / the RNODE regularizers"
             )
         self.last_s = s  # a tensor: converted only for an error message (no host sync per NFE)
+
+    def tangents(self, z: Tensor) -> Tensor:
+        """The forward-mode tangents: the basis ``[D, 1, D]`` (exact) or the probes."""
+        if not self.exact:
+            return self.probes
+        if self._basis is None or self._basis.dtype != z.dtype:
+            d = z.shape[1]
+            self._basis = torch.eye(d, dtype=z.dtype, device=z.device).unsqueeze(1)
+        return self._basis
+
+    def adjoint_eval(self, s: Tensor, z: Tensor, adj_z: Tensor, adj_a: Tensor
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor]]:
+        """One evaluation of the adjoint solve, without autograd (``net.jvp_vjp``):
+        ``(T f, -T div)`` and the vector-Jacobian products of ``-(adj_z, adj_a)`` with
+        them w.r.t. the time ``s``, ``z`` and the net's parameters, as torchdiffeq's
+        ``odeint_adjoint`` computes them (it differentiates w.r.t. time too, and that
+        component enters its step control)."""
+        self._count(s)
+        T = self.end_time()
+        t = s.to(z.dtype) * T
+        v = self.tangents(z)
+        # ⟨-adj_z, T f⟩ + ⟨-adj_a, -T div⟩ with div = Σ_k ⟨v_k, J v_k⟩ (/K for probes)
+        w = (T / v.shape[0]) if not self.exact else T
+        gjv = v * (w * adj_a).view(1, -1, 1)
+        f, jv, gt, gz, grads = self.net.jvp_vjp(t, z, v, -T * adj_z, gjv)
+        div, _ = divergence_from_jvp(jv, None if self.exact else self.probes, False)
+        return T * f, (-T * div).unsqueeze(1), (gt * T).to(z.dtype), gz, grads
+
+    def forward(self, s: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        self._count(s)
         z = state[0]
         ctx = (state[-1],) if self.has_context else ()
         need_graph = torch.is_grad_enabled()
@@ -302,10 +332,7 @@ class _Dynamics(nn.Module):
             T = self.end_time()
             t = s.to(z.dtype) * T
             if self.exact:
-                if self._basis is None or self._basis.dtype != z.dtype:
-                    d = z.shape[1]
-                    self._basis = torch.eye(d, dtype=z.dtype, device=z.device).unsqueeze(1)
-                f, jv = self.net.forward_jvp(t, z, self._basis, *ctx)
+                f, jv = self.net.forward_jvp(t, z, self.tangents(z), *ctx)
                 div, frob = divergence_from_jvp(jv, None, want_frob)
             else:
                 f, jv = self.net.forward_jvp(t, z, self.probes, *ctx)
@@ -338,6 +365,91 @@ class _Dynamics(nn.Module):
         if self.direct_grad:
             return _CountVJP.apply(self.counter, *out)
         return tuple(out)
+
+
+class _AdjointRHS:
+    """The adjoint ODE of torchdiffeq's ``odeint_adjoint`` for a ``(z, Δlog p)`` state, on
+    one flat tensor ``[vjp_t (1), z, a, adj_z, adj_a, adj_params]`` laid out as torchdiffeq
+    lays out its tuple, evaluated by :meth:`_Dynamics.adjoint_eval` (no autograd). Its
+    ``norm`` is torchdiffeq's default adjoint norm on that layout: the max of ``|vjp_t|``,
+    the RMS of each of ``z, a, adj_z, adj_a`` and of each parameter's adjoint (without the
+    parameters under ``seminorm``), so the steps, and hence the NFE, are torchdiffeq's."""
+
+    def __init__(self, dyn: _Dynamics, shape: tuple[int, int], param_sizes: list[int],
+                 seminorm: bool):
+        self.dyn = dyn
+        self.B, self.D = shape
+        self.param_sizes = param_sizes
+        self.seminorm = seminorm
+        bd, n = self.B * self.D, self.B * self.D + self.B
+        self.cuts = [1, bd, self.B, bd, self.B]  # vjp_t, z, a, adj_z, adj_a
+        self.bd, self.n = bd, n
+        self.zero_a = None
+
+    def __call__(self, s: Tensor, y: Tensor) -> Tensor:
+        B, D, bd, n = self.B, self.D, self.bd, self.n
+        z = y[1:1 + bd].view(B, D)
+        adj_z = y[1 + n:1 + n + bd].view(B, D)
+        adj_a = y[1 + n + bd:1 + 2 * n].view(B, 1)
+        fz, fa, gs, gz, grads = self.dyn.adjoint_eval(s, z, adj_z, adj_a)
+        if self.zero_a is None:
+            self.zero_a = y.new_zeros(B)  # d adj_a: the field ignores a
+        return torch.cat([gs.reshape(1), fz.reshape(-1), fa.reshape(-1), gz.reshape(-1),
+                          self.zero_a, *(g.reshape(-1) for g in grads)])
+
+    def norm(self, y: Tensor) -> Tensor:
+        parts = torch.split(y, self.cuts + self.param_sizes)
+        if self.seminorm:
+            parts = parts[:len(self.cuts)]
+        return max([parts[0].abs().reshape(())] + [x.abs().pow(2).mean().sqrt() for x in parts[1:]])
+
+    def callback_step(self, s: Tensor, y: Tensor, dt: Tensor) -> None:
+        self.dyn._check_step(s, (y,), dt)
+
+
+class _FusedAdjoint(torch.autograd.Function):
+    """``odeint_adjoint`` for a ``(z, Δlog p)`` state whose field has ``jvp_vjp``: the same
+    forward solve (torchdiffeq's ``odeint`` without a graph) and the same adjoint ODE,
+    solved by torchdiffeq's ``odeint`` on one flat state with the same layout, tolerances
+    and norm, but each adjoint evaluation is one hand-written forward-and-backward pass of
+    the net (:meth:`cnf.ode.ODENet.jvp_vjp`) instead of a recorded graph and
+    ``torch.autograd.grad`` over the parameters. Returns ``(z(T), Δlog p(T))``."""
+
+    @staticmethod
+    def forward(ctx, dyn, s, kwargs, seminorm, z0, *params):  # type: ignore[override]
+        zs, as_ = torchdiffeq.odeint(dyn, (z0, z0.new_zeros(z0.shape[0], 1)), s, **kwargs)
+        ctx.dyn, ctx.s, ctx.kwargs, ctx.seminorm, ctx.params = dyn, s, kwargs, seminorm, params
+        ctx.save_for_backward(zs, as_)
+        return zs[-1], as_[-1]
+
+    @staticmethod
+    def backward(ctx, gz1, ga1):  # type: ignore[override]
+        zs, as_ = ctx.saved_tensors
+        params, s = ctx.params, ctx.s
+        B, D = zs.shape[1:]
+        n = B * D + B
+        gz1 = torch.zeros_like(zs[-1]) if gz1 is None else gz1
+        ga1 = torch.zeros_like(as_[-1]) if ga1 is None else ga1
+        sizes = [p.numel() for p in params]
+        rhs = _AdjointRHS(ctx.dyn, (B, D), sizes, ctx.seminorm)
+        kw = dict(ctx.kwargs)
+        kw["options"] = dict(kw.get("options") or {}, norm=rhs.norm)
+        # as torchdiffeq: one backward solve per interval of the time grid (fixed-step
+        # solvers have one per step), each restarted from the forward solve's state there
+        vjp_t, adj, adj_params = zs.new_zeros(1), torch.cat([gz1.reshape(-1), ga1.reshape(-1)]), None
+        for i in range(len(s) - 1, 0, -1):
+            y0 = torch.cat([vjp_t, zs[i].reshape(-1), as_[i].reshape(-1), adj,
+                            zs.new_zeros(sum(sizes)) if adj_params is None else adj_params])
+            with torch.no_grad():
+                y = torchdiffeq.odeint(rhs, y0, s[i - 1:i + 1].flip(0), **kw)[-1]
+            vjp_t, adj, adj_params = y[:1], y[1 + n:1 + 2 * n], y[1 + 2 * n:]
+        y = torch.cat([vjp_t, zs[0].reshape(-1), as_[0].reshape(-1), adj, adj_params])
+        gz0 = y[1 + n:1 + n + B * D].view(B, D)
+        grads, off = [], 1 + 2 * n
+        for p, k in zip(params, sizes):
+            grads.append(y[off:off + k].view_as(p))
+            off += k
+        return (None, None, None, None, gz0, *grads)
 
 
 def odeint_cnf(
@@ -432,8 +544,18 @@ def odeint_cnf(
         options["first_step"] = _first_step(dyn, s, state, config)
 
     kwargs = dict(rtol=config.rtol, atol=config.atol, method=config.method, options=options)
+    net_params = [p for p in net.parameters()]
+    fused_adjoint = (use_adjoint and use_jvp and not kinetic and not frobenius
+                     and context is None and not reverse
+                     and bool(getattr(net, "supports_vjp", False))
+                     and all(p.requires_grad for p in net_params)
+                     and not any(p.requires_grad for p in end_time.parameters()))
     try:
-        if use_adjoint:
+        if fused_adjoint:
+            sol = _FusedAdjoint.apply(dyn, s, kwargs, config.adjoint_seminorm and not config.fixed,
+                                      z, *net_params)
+            sol = [x.unsqueeze(0) for x in sol]
+        elif use_adjoint:
             params = tuple(p for p in list(net.parameters()) + list(end_time.parameters())
                            if p.requires_grad)
             adj_opts = dict(options)

@@ -23,8 +23,15 @@ With ``--against REV`` the ``odeint_cnf`` rows are also timed with ``cnf/ode/sol
 it was at git revision REV (loaded from ``git show`` as a separate module, same field, same
 process, interleaved), after checking that both give the same NFE and log-dets.
 
+``--adjoint-split``: a training iteration of FFJORD's toy config (dopri5 1e-5, adjoint, exact
+trace) split per NFE: forward-solve evaluations (field + trace, the rest), backward-solve
+evaluations (field + trace with the graph kept, the VJP torchdiffeq asks autograd for, and
+torchdiffeq's adjoint bookkeeping + cnf's wrapper), with the fused field pass
+(``ODENet.forward_jvp``, one autograd node) beside the layer-wise one it replaced.
+
 Usage:
     python experiments/bench/bench_nfe.py              # ~2 min idle
+    python experiments/bench/bench_nfe.py --adjoint-split --train-steps 150   # ~1 min
     python experiments/bench/bench_nfe.py --against HEAD~1 --only odeint_cnf
     python experiments/bench/bench_nfe.py --rounds 3 --train-steps 20
 """
@@ -124,6 +131,112 @@ def _old_rows(old, net, end, z, rk4, dopri) -> dict[str, Callable[[], int]]:
             "odeint_cnf train dopri5 adjoint (per fwd+bwd NFE)": train_dopri}
 
 
+class _TimedNet(torch.nn.Module):
+    """The field with its ``forward_jvp`` calls timed (CPU), split by grad mode: without
+    grad = evaluations of the adjoint's forward solve, with grad = of its backward solve;
+    ``jvp_vjp`` (the fused adjoint's evaluation: field, trace and their VJP) counts as
+    backward."""
+
+    def __init__(self, net: ODENet):
+        super().__init__()
+        self.net = net
+        self.cpu = {False: 0.0, True: 0.0}
+
+    @property
+    def supports_jvp(self) -> bool:
+        return self.net.supports_jvp
+
+    def forward(self, t, z, *ctx):
+        return self.net(t, z, *ctx)
+
+    def forward_jvp(self, t, z, v, *ctx):
+        c = time.process_time()
+        out = self.net.forward_jvp(t, z, v, *ctx)
+        self.cpu[torch.is_grad_enabled()] += time.process_time() - c
+        return out
+
+    @property
+    def supports_vjp(self) -> bool:
+        return self.net.supports_vjp
+
+    def jvp_vjp(self, *args):  # the fused adjoint's evaluations (backward solve)
+        c = time.process_time()
+        out = self.net.jvp_vjp(*args)
+        self.cpu[True] += time.process_time() - c
+        return out
+
+
+def adjoint_split(warmup: int, steps: int) -> None:
+    """Where a training iteration's time goes: FFJORD's toy config (dopri5 1e-5, adjoint,
+    exact trace) after ``warmup`` iterations on 8gaussians, the fused field pass beside the
+    layer-wise one (same weights and data for both), CPU ms per NFE."""
+    import copy
+    import math
+
+    from cnf.data.toy import sample
+    from cnf.flows.continuous import CNF
+
+    torch.manual_seed(0)
+    timed = _TimedNet(ODENet(D))
+    model = CNF(D, net=timed)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
+
+    def step(i: int) -> tuple[float, float, float, float]:
+        x = sample("8gaussians", B, seed=i)
+        opt.zero_grad()
+        c0 = time.process_time()
+        z, ld = model(x)
+        loss = (0.5 * z.pow(2).sum(1) + math.log(2 * math.pi) - ld).mean()
+        c1 = time.process_time()
+        loss.backward()
+        c2 = time.process_time()
+        opt.step()
+        s = model.stats()
+        return s["nfe_forward"], s["nfe_backward"], c1 - c0, c2 - c1
+
+    for i in range(warmup):
+        step(i)
+    state, ostate = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    grad_cpu = {"t": 0.0}
+    real_grad = torch.autograd.grad
+
+    def timed_grad(*a, **k):  # torchdiffeq's adjoint: one VJP per backward evaluation
+        c = time.process_time()
+        out = real_grad(*a, **k)
+        grad_cpu["t"] += time.process_time() - c
+        return out
+
+    rows = {}
+    torch.autograd.grad = timed_grad
+    try:
+        for fused in (True, False, True, False):
+            model.load_state_dict(state)
+            opt.load_state_dict(ostate)
+            timed.net.fused_jvp = fused
+            timed.cpu = {False: 0.0, True: 0.0}
+            grad_cpu["t"] = 0.0
+            nf = nb = tf = tb = 0.0
+            for i in range(steps):
+                a, b, c, d = step(10**6 + i)
+                nf, nb, tf, tb = nf + a, nb + b, tf + c, tb + d
+            rows.setdefault(fused, []).append(
+                (nf / steps, nb / steps, 1000 * tf / nf, 1000 * timed.cpu[False] / nf,
+                 1000 * tb / nb, 1000 * timed.cpu[True] / nb, 1000 * grad_cpu["t"] / nb,
+                 (tf + tb) / steps))
+    finally:
+        torch.autograd.grad = real_grad
+    print("\n| field pass | NFE fwd/bwd | fwd NFE ms | of which field+trace | bwd NFE ms | "
+          "of which field+trace (graph; fused: + its VJP) | autograd VJP | torchdiffeq adjoint + cnf wrapper | "
+          "CPU s/iter |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for fused, rs in rows.items():
+        m = [statistics.median(col) for col in zip(*rs)]
+        print(f"| {'fused pass + adjoint' if fused else 'layer-wise + torchdiffeq adjoint (before)'} | {m[0]:.1f}/{m[1]:.1f} | "
+              f"{m[2]:.3f} | {m[3]:.3f} | {m[4]:.3f} | {m[5]:.3f} | {m[6]:.3f} | "
+              f"{m[4] - m[5] - m[6]:.3f} | {m[7]:.4f} |")
+    print(f"\nload {open('/proc/loadavg').read().split()[:3]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -133,8 +246,15 @@ def main() -> None:
     ap.add_argument("--against", metavar="REV", default=None,
                     help="also time the odeint_cnf rows with cnf/ode/solve.py of this git revision")
     ap.add_argument("--only", default=None, help="only the components whose name contains this")
+    ap.add_argument("--adjoint-split", action="store_true",
+                    help="only: where a training iteration of FFJORD's toy config goes (adjoint "
+                         "forward/backward NFE: field, VJP, solver), fused vs layer-wise pass")
+    ap.add_argument("--split-steps", type=int, default=10)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.adjoint_split:
+        adjoint_split(args.train_steps, args.split_steps)
+        return
     torch.manual_seed(0)
     print(f"# bench_nfe  torch {torch.__version__}  torchdiffeq {torchdiffeq.__version__}  "
           f"torchode {getattr(torchode, '__version__', 'missing')}  threads 1  "

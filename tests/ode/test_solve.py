@@ -201,3 +201,98 @@ def test_nan_mid_solve_is_named_at_its_step():
     # dopri5 rejects the NaN steps and shrinks its step until min_step stops it
     with pytest.raises(SolverError, match="min_step"):
         odeint_cnf(NanAfter(), torch.zeros(2, 2), Const(1.0).float(), SolverConfig(rtol=1e-6, atol=1e-6))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("adjoint", [True, False])
+def test_fused_field_pass_changes_no_result(adjoint, dtype):
+    """The fused forward-mode node (one autograd node per evaluation) against the old
+    layer-by-layer pass on the same field (dopri5 at FFJORD's 1e-5): in float64, same NFE
+    forward and backward, end state, log-det and parameter gradients to rounding. In
+    float32 the forward solve agrees (same NFE, values well inside the solver's 1e-5); its
+    adjoint NFE are not compared: on this field they flip between 38 and 62 with either
+    pass when the input moves by one part in 10⁷ (float32 step control at 1e-5 sits at the
+    edge of float32 rounding)."""
+    torch.manual_seed(0)
+    net = ODENet(2).to(dtype)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(3.0)  # a field with some structure, so the solve takes several steps
+    x = torch.randn(50, 2, dtype=dtype)
+    cfg = SolverConfig(adjoint=adjoint)
+    results = []
+    for fused in (True, False):
+        net.fused_jvp = fused
+        net.zero_grad()
+        counter = NFECounter()
+        z, logdet, _ = odeint_cnf(net, x, Const(0.5).to(dtype), cfg, counter=counter)
+        (0.5 * z.pow(2).sum() - logdet.sum()).backward()
+        results.append((counter.forward, counter.backward, z.detach(), logdet.detach(),
+                        [p.grad.clone() for p in net.parameters()]))
+    (nf1, nb1, z1, ld1, g1), (nf2, nb2, z2, ld2, g2) = results
+    assert nf1 == nf2 and nf1 > 14
+    tol = dict(rtol=1e-9, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(z1, z2, **tol)
+    torch.testing.assert_close(ld1, ld2, **tol)
+    if dtype == torch.float64:
+        assert nb1 == nb2
+        for a, b in zip(g1, g2):
+            torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("exact,seminorm,method", [
+    (True, False, "dopri5"), (False, False, "dopri5"), (True, True, "dopri5"),
+    (True, False, "bosh3"), (True, False, "rk4")])
+def test_fused_adjoint_is_torchdiffeqs_adjoint(exact, seminorm, method):
+    """The fused adjoint (cnf's own backward solve on torchdiffeq's adjoint ODE, one
+    hand-written forward+VJP pass per evaluation) against torchdiffeq's ``odeint_adjoint``
+    over autograd, in float64: same forward and backward NFE (its norm, time channel
+    included, reproduced), same gradients w.r.t. the input and every parameter; exact and
+    Hutchinson traces, the seminorm, another adaptive and a fixed-step method."""
+    torch.manual_seed(0)
+    net = ODENet(2, hidden=(16, 16, 16)).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(2.0)
+    assert net.supports_vjp
+    x0 = torch.randn(30, 2, dtype=torch.float64)
+    cfg = SolverConfig(method=method, adjoint_seminorm=seminorm,
+                       step_size=0.125 if method == "rk4" else None)
+    results = []
+    for fused in (True, False):
+        net.fused_jvp = fused  # False: layer-wise pass, torchdiffeq's odeint_adjoint
+        net.zero_grad()
+        x = x0.clone().requires_grad_(True)
+        counter = NFECounter()
+        torch.manual_seed(1)  # the same Hutchinson probes
+        z, logdet, _ = odeint_cnf(net, x, Const(0.5), cfg, exact=exact, counter=counter)
+        (0.5 * z.pow(2).sum() - logdet.sum() + z[:, 0].sum()).backward()
+        results.append((counter.forward, counter.backward, z.detach(), logdet.detach(),
+                        x.grad, [p.grad.clone() for p in net.parameters()]))
+    (nf1, nb1, z1, ld1, gx1, g1), (nf2, nb2, z2, ld2, gx2, g2) = results
+    assert (nf1, nb1) == (nf2, nb2) and nb1 > 0
+    tol = dict(rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(z1, z2, **tol)
+    torch.testing.assert_close(ld1, ld2, **tol)
+    torch.testing.assert_close(gx1, gx2, **tol)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, **tol)
+
+
+def test_fused_adjoint_falls_back_where_it_does_not_apply():
+    """A learnable end time, a context, RNODE terms or frozen parameters take torchdiffeq's
+    adjoint (the fused one covers the plain FFJORD setting only); T still learns."""
+    from cnf.flows.continuous import CNF
+
+    torch.manual_seed(0)
+    flow = CNF(2, hidden=(8, 8), train_T=True)
+    z, logdet = flow(torch.randn(10, 2))
+    (z.pow(2).sum() - logdet.sum()).backward()
+    assert flow.end_time.sqrt_T.grad is not None and flow.end_time.sqrt_T.grad != 0
+    net = ODENet(2, hidden=(8,))
+    net.layers[0].linear.weight.requires_grad_(False)
+    x = torch.randn(10, 2, requires_grad=True)
+    z, logdet, _ = odeint_cnf(net, x, Const(0.5).float(), SolverConfig())
+    (z.pow(2).sum() - logdet.sum()).backward()
+    assert net.layers[0].linear.weight.grad is None and net.layers[0].linear.bias.grad is not None
+    assert x.grad is not None
