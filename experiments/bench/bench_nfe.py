@@ -15,8 +15,8 @@ figures are CPU ms per call (or per function evaluation, NFE), medians of interl
   1e-5) divided by its NFE, and training (rk4, direct backprop, forward + backward).
 - ``torchdiffeq eval dopri5, packed RHS``: torchdiffeq on the same ``[B, D+1]`` right-hand
   side torchode gets, without cnf's bookkeeping (NFE budget, step checks, tuple state).
-- ``torchode ...`` (needs ``torchode==1.0.1``, the ``bench`` extra): the same augmented
-  right-hand side on a packed ``[B, D+1]`` state, dopri5 and tsit5 at the same tolerances,
+- ``torchode ...`` (needs ``pip install torchode==1.0.1``; in no extra, as it was not faster
+  here, see the README): the same augmented right-hand side on a packed ``[B, D+1]`` state, dopri5 and tsit5 at the same tolerances,
   per-sample step control (no coupling of the batch).
 
 With ``--against REV`` the ``odeint_cnf`` rows are also timed with ``cnf/ode/solve.py`` as
