@@ -16,8 +16,8 @@ figures are CPU ms per call (or per function evaluation, NFE), medians of interl
 - ``torchdiffeq eval dopri5, packed RHS``: torchdiffeq on the same ``[B, D+1]`` right-hand
   side torchode gets, without cnf's bookkeeping (NFE budget, step checks, tuple state).
 - ``torchode ...`` (needs ``pip install torchode==1.0.1``; in no extra, as it was not faster
-  here, see the README): the same augmented right-hand side on a packed ``[B, D+1]`` state, dopri5 and tsit5 at the same tolerances,
-  per-sample step control (no coupling of the batch).
+  here, see the README): the same augmented right-hand side on a packed ``[B, D+1]`` state,
+  dopri5 and tsit5 at the same tolerances, per-sample step control (no coupling of the batch).
 
 With ``--against REV`` the ``odeint_cnf`` rows are also timed with ``cnf/ode/solve.py`` as
 it was at git revision REV (loaded from ``git show`` as a separate module, same field, same
