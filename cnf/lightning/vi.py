@@ -279,19 +279,25 @@ class HamiltonianVI(ReverseKL):
         density: ``q_0`` over z, e.g. ``Density(RealNVP(2), StandardNormal(2))``.
         target: the target (its ``energy`` is the potential).
         steps, step_size, learn_step_size, tempering, beta0: the Hamiltonian flow.
+        max_force: limit ``‖∇U‖`` per sample in the leapfrog kicks (the map stays volume
+            preserving, the ELBO a bound); set it above ``‖∇U‖`` where the target has mass.
+            Without it a sample of q₀ where U is stiff can make leapfrog diverge (the
+            ``vi_u<k>_hamiltonian`` configs use 100; :mod:`cnf.flows.hamiltonian`).
         Other arguments: as :class:`ReverseKL`.
     """
 
     def __init__(self, density: Density, target: Target, steps: int = 5,
                  step_size: float = 0.1, learn_step_size: bool = True,
-                 tempering: bool = False, beta0: float = 0.5, **kwargs: Any):
+                 tempering: bool = False, beta0: float = 0.5, max_force: float | None = None,
+                 **kwargs: Any):
         super().__init__(density, target, **kwargs)
         from cnf.flows.hamiltonian import HamiltonianFlow
 
         self.hamiltonian = HamiltonianFlow(2 * target.dim, potential=target.energy, steps=steps,
                                            step_size=step_size,
                                            learn_step_size=learn_step_size,
-                                           tempering=tempering, beta0=beta0)
+                                           tempering=tempering, beta0=beta0,
+                                           max_force=max_force)
 
     def _momentum_log_prob(self, rho: Tensor) -> Tensor:
         return -0.5 * rho.pow(2).sum(1) - 0.5 * rho.shape[1] * math.log(2 * math.pi)

@@ -47,6 +47,55 @@ def test_reversible_by_momentum_flip():
     torch.testing.assert_close(back, torch.cat([x[:, :2], -x[:, 2:]], 1), atol=1e-12, rtol=0)
 
 
+def test_force_limit_keeps_the_map_volume_preserving_and_reversible():
+    """With ``max_force`` well below ‖∇U‖ (so most kicks are limited), the map's log|det| is
+    still 0 (float64 brute force, < 1e-12), momentum flip still reverses it to 1e-12, and
+    ``forward`` undoes ``inverse``."""
+    torch.manual_seed(0)
+    flow = HamiltonianFlow(6, potential=lambda z: 20 * _anharmonic(z), steps=6, step_size=0.2,
+                           max_force=5.0).double()
+    x = 1.5 * torch.randn(5, 6, dtype=torch.float64)
+    force = torch.func.vmap(torch.func.grad(lambda v: 20 * _anharmonic(v[None])[0]))(x[:, :3])
+    assert (force.norm(dim=1) > 5.0).float().mean() >= 0.6  # the limit is active
+    for fn in (lambda v: flow(v)[0], lambda v: flow.inverse(v)[0]):
+        assert _brute_logdet(fn, x).abs().max() < 1e-12
+    y, _ = flow.inverse(x)
+    back, _ = flow.inverse(torch.cat([y[:, :3], -y[:, 3:]], 1))
+    torch.testing.assert_close(back, torch.cat([x[:, :3], -x[:, 3:]], 1), atol=1e-12, rtol=0)
+    torch.testing.assert_close(flow(y)[0], x, atol=1e-12, rtol=0)
+
+
+def test_force_limit_tames_a_far_sample_and_leaves_the_rest_exact():
+    """The case that stopped ``vi_u3_hamiltonian`` (seed 3, step 13): a q₀ sample at
+    (173, −627) on U3 (5 steps of 0.1). Without a limit the wall flings it to |ρ| ≈ 2000 and
+    d loss / d log ε is ≈ 1e18 (its square overflows float32, so the gradient norm is inf);
+    with ``max_force = 100`` each kick moves ρ by at most ½ ε · 100, and the gradient stays
+    below 1e12. A sample inside the box, where ‖∇U‖ < 100, moves exactly as without a limit."""
+    from cnf.vi.targets import EnergyTarget
+
+    target = EnergyTarget("u3")
+    x0 = torch.tensor([[172.92, -627.21, 1.03, 2.09], [0.3, 0.5, -0.4, 1.0]])
+    out = {}
+    for c in (None, 100.0):
+        flow = HamiltonianFlow(4, potential=target.energy, steps=5, step_size=0.1, max_force=c)
+        x = x0.clone().requires_grad_(True)
+        y, _ = flow.inverse(x)
+        loss = (0.01 * target.energy(y[:, :2]) + 0.5 * y[:, 2:].pow(2).sum(1)).sum()
+        loss.backward()
+        out[c] = (y.detach(), flow.log_eps.grad.abs().max())
+    y_free, g_free = out[None]
+    y_lim, g_lim = out[100.0]
+    assert y_free[0, 2:].abs().max() > 1000 and g_free > 1e15
+    assert (y_lim[0, 2:] - x0[0, 2:]).norm() <= 5 * 0.1 * 100 * (1 + 1e-5)
+    assert torch.isfinite(g_lim) and g_lim < 1e12
+    torch.testing.assert_close(y_lim[1], y_free[1], rtol=0, atol=0)
+
+
+def test_force_limit_must_be_positive():
+    with pytest.raises(ConfigError, match="max_force"):
+        HamiltonianFlow(4, max_force=0.0)
+
+
 def test_energy_error_is_second_order():
     """Same total time T = 2 with ε and ε/2: the max energy error falls by ≈ 4 (order 2).
     Measured ratios 3.9–4.0; asserted 3.5–4.5."""
