@@ -79,6 +79,11 @@ class OptimizationMixin:
         return bool(every and step % every == 0) or trainer.should_stop or last
 
     # -- non-finite guard ------------------------------------------------------------------
+    def nonfinite_hint(self) -> str:
+        """A model-specific remedy appended to the non-finite loss / gradient errors (e.g.
+        ``"; or ..."``); empty by default."""
+        return ""
+
     def guard_loss(self, loss: Tensor, **parts: Tensor) -> None:
         """Record this step's training loss (and named parts, for the error message); it is
         checked with the gradients before the optimizer step, without a host sync here."""
@@ -94,7 +99,7 @@ class OptimizationMixin:
             f"the training loss became {float(loss)} at step {self.global_step} "  # type: ignore[attr-defined]
             + (f"({detail})" if detail else "") + "; lower the learning rate "
             "(model.optimizer.init_args.lr), clip gradients (trainer.gradient_clip_val), or "
-            "tighten the ODE tolerances. The weights were not updated."
+            f"tighten the ODE tolerances{self.nonfinite_hint()}. The weights were not updated."
         )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -119,7 +124,8 @@ class OptimizationMixin:
             raise NonFiniteError(
                 f"non-finite gradients at step {self.global_step} in {bad[:5]}; lower the "  # type: ignore[attr-defined]
                 f"learning rate (model.optimizer.init_args.lr) or clip gradients "
-                f"(trainer.gradient_clip_val). The weights were not updated."
+                f"(trainer.gradient_clip_val){self.nonfinite_hint()}. The weights were not "
+                f"updated."
             )
 
 

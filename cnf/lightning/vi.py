@@ -299,6 +299,13 @@ class HamiltonianVI(ReverseKL):
                                            tempering=tempering, beta0=beta0,
                                            max_force=max_force)
 
+    def nonfinite_hint(self) -> str:
+        if self.hamiltonian.max_force is not None:
+            return ""
+        return ("; or limit the leapfrog force (model.init_args.max_force, above ‖∇U‖ where "
+                "the target has mass, e.g. 100 for U1-U4): a far sample of q0 where U is steep "
+                "can fling the leapfrog trajectory out")
+
     def _momentum_log_prob(self, rho: Tensor) -> Tensor:
         return -0.5 * rho.pow(2).sum(1) - 0.5 * rho.shape[1] * math.log(2 * math.pi)
 

@@ -76,6 +76,24 @@ def test_hamiltonian_elbo_is_below_grid_log_z_on_u1():
     assert abs(est["log_z"] - model.target.log_z) < 0.3
 
 
+@pytest.mark.parametrize("max_force", [None, 100.0])
+def test_hamiltonian_vi_nonfinite_error_names_the_force_limit(max_force):
+    """A non-finite gradient stops the step with the generic remedies, plus ``max_force``
+    while the leapfrog force is unlimited (the cause in ``vi_u3/u4_hamiltonian``)."""
+    from cnf.errors import NonFiniteError
+
+    model = HamiltonianVI(Density(RealNVP(2, num_layers=2, hidden=8), StandardNormal(2)),
+                          EnergyTarget("u3"), max_force=max_force, plot=False)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    next(model.parameters()).grad.fill_(float("inf"))
+    with pytest.raises(NonFiniteError, match="non-finite gradients") as err:
+        model.on_before_optimizer_step(opt)
+    assert ("max_force" in str(err.value)) == (max_force is None)
+    assert "learning rate" in str(err.value)
+
+
 def test_snf_module_trains_and_logs_finite_estimates():
     model = StochasticFlowVI(Density(RealNVP(2, num_layers=2, hidden=8), StandardNormal(2)),
                              EnergyTarget("u2"), every=1, step_size=0.02, mala=True,
