@@ -209,8 +209,9 @@ class HamiltonianStack(Chain):
     ``4 × 0.2``) positions hardly move within a block, the block is close to one additive
     shear of the momenta by the nearly flat ``∇U`` of the initial potential (it varies by
     ~0.01 over the data), and fits stalled at the Gaussian fit (8gaussians: 4.25 nats). With
-    ``T = 16`` (``4 × 4.0``) the same stack reaches 3.46 ± 0.10 nats in 1000 steps (3 seeds; README). The map
-    stays exact whatever ``ε``: leapfrog accuracy does not matter here, only expressiveness.
+    ``T = 16`` (``4 × 4.0``) the same stack reaches 3.46 ± 0.10 nats in 1000 steps (3 seeds;
+    README). The map stays exact whatever ``ε``: leapfrog accuracy does not matter here, only
+    expressiveness.
 
     Args:
         dim: feature dimension (even: half position, half momentum).
