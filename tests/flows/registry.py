@@ -361,15 +361,19 @@ CASES["flowpp_image"] = Case(lambda s: perturb(__import__("cnf.flows.flowpp", fr
                              shapes=((1, 4, 4),), inputs=_shifted_inputs, inverse_atol=1e-9)
 
 # Hamiltonian flow with a learned potential on (z, ρ): volume preserving (log-det exactly 0,
-# hence the "volume_preserving" prefix the harness knows), and with tempering (log-det ≠ 0)
-def _hamiltonian(tempering):
+# hence the "volume_preserving" prefix the harness knows), also with the force limited
+# (max_force 0.3: about half of these inputs' kicks are limited), and with tempering
+# (log-det ≠ 0)
+def _hamiltonian(tempering, max_force=None):
     from cnf.flows.hamiltonian import HamiltonianFlow
 
     return lambda s: perturb(HamiltonianFlow(s[0], steps=3, step_size=0.3, tempering=tempering,
-                                             hidden=16), 0.3)
+                                             hidden=16, max_force=max_force), 0.3)
 
 
 CASES["volume_preserving_hamiltonian"] = Case(_hamiltonian(False), shapes=((2,), (4,)))
+CASES["volume_preserving_hamiltonian_force_limited"] = Case(_hamiltonian(False, 0.3),
+                                                            shapes=((2,), (4,)))
 CASES["hamiltonian_tempered"] = Case(_hamiltonian(True), shapes=((2,), (4,)))
 
 

@@ -25,10 +25,10 @@ def _perturbed_realnvp(seed=0, scale=0.2):
     return flow
 
 
-def _assert_paths_unbiased_for_z(snf, target, seed, max_rel_se=0.1):
+def _assert_paths_unbiased_for_z(snf, target, seed):
     """The mean path weight exp(−U(z_T) − log q) of 200k paths (4 × 50k, seeded) is within 4
-    standard errors of the target's grid Z, and that standard error is under ``max_rel_se`` of
-    Z (so the check has power)."""
+    standard errors of the target's grid Z, and that standard error is under 10 % of Z (so the
+    check has power)."""
     torch.manual_seed(seed)
     with torch.no_grad():
         w = torch.cat([torch.exp(-target.energy(z) - log_q).double()
@@ -37,7 +37,7 @@ def _assert_paths_unbiased_for_z(snf, target, seed, max_rel_se=0.1):
     z_ref = math.exp(target.log_z)
     se = float(w.std() / math.sqrt(len(w)))
     assert abs(float(w.mean()) - z_ref) < 4 * se, (float(w.mean()), z_ref, se)
-    assert se < max_rel_se * z_ref, (se, z_ref)
+    assert se < 0.1 * z_ref, (se, z_ref)
 
 
 @pytest.mark.parametrize("mala", [False, True], ids=["ula", "mala"])
